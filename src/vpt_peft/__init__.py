@@ -1,0 +1,39 @@
+"""vpt_peft: visual prompt tuning (VPT, VFPT, E2VPT, DPT) as peft methods for Hugging Face vision transformers.
+
+``import vpt_peft`` registers the methods with peft, after which ``peft.get_peft_model``,
+``PeftModel.from_pretrained`` and ``PeftConfig.from_pretrained`` handle them like any built-in method.
+"""
+
+from peft import PeftConfig, PeftModel, get_peft_model
+
+from ._registry import extend_peft_type, register_method
+
+for _name in ("vpt",):
+    extend_peft_type(_name)
+
+from .attention import ExtraKeyValues, UnsupportedAttentionError  # noqa: E402
+from .auto import AutoPeftModelForImageClassification  # noqa: E402
+from .backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone  # noqa: E402
+from .tuners.prompt import AdapterMismatchError  # noqa: E402
+from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
+
+register_method("vpt", VisualPromptConfig, VisualPromptModel)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKBONES",
+    "AdapterMismatchError",
+    "AutoPeftModelForImageClassification",
+    "BackboneSpec",
+    "ExtraKeyValues",
+    "PeftConfig",
+    "PeftModel",
+    "UnsupportedAttentionError",
+    "UnsupportedModelError",
+    "VisualPromptConfig",
+    "VisualPromptModel",
+    "find_backbone",
+    "get_peft_model",
+    "register_backbone",
+]

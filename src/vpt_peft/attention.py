@@ -1,0 +1,142 @@
+"""One way to give a layer's attention extra keys and values.
+
+E2VPT's key-value prompts and the deep-prompt fast path both need the same thing: the real tokens'
+queries must attend over ``[K ; K_extra]`` and ``[V ; V_extra]`` while the sequence itself stays as it
+is. Hooks on ``k_proj``/``v_proj`` cannot do it (every HF attention reshapes with the query length), so
+the keys/values travel as a keyword argument of the attention module's call, which HF attention modules
+forward untouched to their attention function. We register one attention function per inner backend
+(``"vpt_peft+eager"``, ``"vpt_peft+sdpa"``) with transformers' ``AttentionInterface``; it appends the
+extra keys/values, widens the mask, and calls the backend the model had. With no extra keys/values it is
+a plain pass-through, so a disabled adapter is bit-identical to the base model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+EXTRA_KV_KWARG = "vpt_peft_extra_kv"
+IMPLEMENTATION_PREFIX = "vpt_peft+"
+SUPPORTED_BACKENDS = ("eager", "sdpa")
+
+
+class UnsupportedAttentionError(ValueError):
+    """The model's attention backend cannot take extra keys/values."""
+
+
+@dataclass
+class ExtraKeyValues:
+    """Keys/values appended after the real ones, head-split: ``(batch or 1, heads, tokens, head_dim)``.
+
+    ``keep`` (``(batch, tokens)`` bool, optional) marks padding slots that attention must ignore.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    keep: Optional[torch.Tensor] = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.key.shape[2]
+
+    def cat(self, other: "ExtraKeyValues") -> "ExtraKeyValues":
+        batch = max(self.key.shape[0], other.key.shape[0])
+        keep = None
+        if self.keep is not None or other.keep is not None:
+            keep = torch.cat([_keep_or_ones(self, batch), _keep_or_ones(other, batch)], dim=1)
+        return ExtraKeyValues(
+            torch.cat([self.key.expand(batch, -1, -1, -1), other.key.expand(batch, -1, -1, -1)], dim=2),
+            torch.cat([self.value.expand(batch, -1, -1, -1), other.value.expand(batch, -1, -1, -1)], dim=2),
+            keep,
+        )
+
+
+def _keep_or_ones(extra: ExtraKeyValues, batch: int) -> torch.Tensor:
+    if extra.keep is not None:
+        return extra.keep.expand(batch, -1)
+    return torch.ones(batch, extra.num_tokens, dtype=torch.bool, device=extra.key.device)
+
+
+def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``(B, T, heads*head_dim)`` -> ``(B, heads, T, head_dim)``: channel ``h*head_dim+j`` is head ``h``."""
+    return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
+
+
+def _widen_mask(
+    mask: Optional[torch.Tensor], extra: ExtraKeyValues, query: torch.Tensor, num_keys: int
+) -> Optional[torch.Tensor]:
+    if mask is None and extra.keep is None:
+        return None
+    batch, num_queries = query.shape[0], query.shape[2]
+    keep = _keep_or_ones(extra, batch)[:, None, None, :]
+    if mask is None:
+        mask = torch.zeros(batch, 1, num_queries, num_keys, dtype=query.dtype, device=query.device)
+    if mask.dtype == torch.bool:
+        pad = keep.expand(mask.shape[0] if keep.shape[0] == 1 else batch, mask.shape[1], mask.shape[2], -1)
+        mask = mask.expand(pad.shape[0], -1, -1, -1)
+        return torch.cat([mask, pad], dim=-1)
+    blocked = torch.finfo(mask.dtype).min
+    pad = torch.zeros((), dtype=mask.dtype, device=mask.device).masked_fill(~keep, blocked)
+    pad = pad.expand(max(mask.shape[0], pad.shape[0]), mask.shape[1], mask.shape[2], -1)
+    mask = mask.expand(pad.shape[0], -1, -1, -1)
+    return torch.cat([mask, pad], dim=-1)
+
+
+_EAGER_CACHE: dict[type, object] = {}
+
+
+def _eager_function(module: torch.nn.Module):
+    """The modeling file's own eager attention (transformers does not register "eager" globally)."""
+    cls = type(module)
+    if cls not in _EAGER_CACHE:
+        _EAGER_CACHE[cls] = importlib.import_module(cls.__module__).eager_attention_forward
+    return _EAGER_CACHE[cls]
+
+
+def prompted_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention over the real keys/values plus the extra ones passed by a vpt_peft hook."""
+    extra: Optional[ExtraKeyValues] = kwargs.pop(EXTRA_KV_KWARG, None)
+    backend = module.config._attn_implementation.removeprefix(IMPLEMENTATION_PREFIX)
+    inner = _eager_function(module) if backend == "eager" else ALL_ATTENTION_FUNCTIONS[backend]
+    if extra is not None:
+        batch = query.shape[0]
+        extra_key = extra.key.to(key.dtype).expand(batch, -1, -1, -1)
+        extra_value = extra.value.to(value.dtype).expand(batch, -1, -1, -1)
+        attention_mask = _widen_mask(attention_mask, extra, query, key.shape[2])
+        key = torch.cat([key, extra_key], dim=2)
+        value = torch.cat([value, extra_value], dim=2)
+    return inner(module, query, key, value, attention_mask, **kwargs)
+
+
+for _backend in SUPPORTED_BACKENDS:
+    AttentionInterface.register(IMPLEMENTATION_PREFIX + _backend, prompted_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION_PREFIX + _backend, ALL_MASK_ATTENTION_FUNCTIONS[_backend])
+
+
+def ensure_installed(config) -> None:
+    """Route ``config``'s attention through :func:`prompted_attention` (idempotent, self-healing).
+
+    Called again from the hooks, so a later ``model.set_attn_implementation(...)`` is adopted as the new
+    inner backend instead of silently bypassing the prompts.
+    """
+    current = config._attn_implementation or "eager"
+    if current.startswith(IMPLEMENTATION_PREFIX):
+        return
+    if current not in SUPPORTED_BACKENDS:
+        raise UnsupportedAttentionError(
+            f"attn_implementation={current!r} cannot take extra keys/values (needed by key-value prompts and the "
+            f"deep-prompt fast path). Use one of {SUPPORTED_BACKENDS} (model.set_attn_implementation('sdpa')), "
+            "or set prompt_path='sequence' for VPT/VFPT deep prompts."
+        )
+    config._attn_implementation = IMPLEMENTATION_PREFIX + current
+
+
+def uninstall(config) -> None:
+    current = config._attn_implementation
+    if current and current.startswith(IMPLEMENTATION_PREFIX):
+        config._attn_implementation = current.removeprefix(IMPLEMENTATION_PREFIX)

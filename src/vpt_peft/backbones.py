@@ -1,0 +1,159 @@
+"""The one place that knows each backbone family.
+
+Every method asks this table where a backbone keeps its embeddings, its list of blocks, each block's
+attention (and the norm in front of it), how many special tokens (CLS, distillation, registers) come
+before the patches, where the final sequence norm is, and which modules form the task head. Supporting a
+new family is one :func:`register_backbone` call; no method has per-family branches.
+
+Paths are relative to the backbone module, the ``PreTrainedModel`` whose ``config.model_type`` keys the
+table (``ViTForImageClassification.vit`` for ``"vit"``). Heads are attribute names on the model the user
+passed to ``get_peft_model``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no backbone that vpt_peft knows how to prompt."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where prompts go in one backbone family (paths relative to the backbone module)."""
+
+    embeddings: str = "embeddings"
+    layers: str = "layers"
+    attention: str = "attention"
+    attention_norm: str = "layernorm_before"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    num_special_tokens: Union[int, Callable[[object], int]] = 1
+    final_norm: Union[str, None] = "layernorm"
+    heads: tuple[str, ...] = ("classifier",)
+    description: str = ""
+
+    def special_tokens(self, config: object) -> int:
+        n = self.num_special_tokens
+        return n(config) if callable(n) else n
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vit": BackboneSpec(description="ViTModel, ViTForImageClassification: [CLS, prompts, patches]"),
+    "deit": BackboneSpec(
+        num_special_tokens=2,
+        heads=("classifier", "cls_classifier", "distillation_classifier"),
+        description="DeiTModel, DeiTForImageClassification(WithTeacher): prompts after CLS and distillation tokens",
+    ),
+}
+
+
+def register_backbone(model_type: str, spec: BackboneSpec) -> None:
+    """Teach vpt_peft a new backbone family, keyed by its ``config.model_type``."""
+    BACKBONES[model_type] = spec
+
+
+def _get_path(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _has_path(root: nn.Module, path: str) -> bool:
+    try:
+        _get_path(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+@dataclass
+class Backbone:
+    """A backbone found inside a user's model, with the sizes the methods need."""
+
+    path: str
+    module: PreTrainedModel
+    model_type: str
+    spec: BackboneSpec
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    num_special_tokens: int
+    patch_fan_in: int
+    heads: list[str] = field(default_factory=list)
+
+    def sub(self, relative: str) -> nn.Module:
+        return _get_path(self.module, relative)
+
+    def qualified(self, relative: str) -> str:
+        return f"{self.path}.{relative}" if self.path else relative
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.sub(self.spec.layers)
+
+    def describe(self) -> dict:
+        """What an adapter records about its backbone, to refuse loading onto a different one."""
+        return {"model_type": self.model_type, "hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+
+def supported_families() -> str:
+    return ", ".join(sorted(BACKBONES))
+
+
+def _unsupported(model: nn.Module) -> UnsupportedModelError:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return UnsupportedModelError(
+        f"vpt_peft cannot prompt {type(model).__name__} (model_type={model_type!r}): no vision transformer backbone "
+        f"of a supported family was found. Supported families (config.model_type): {supported_families()}. "
+        "To add a family with the standard ViT layout, call vpt_peft.register_backbone('<model_type>', "
+        "BackboneSpec(embeddings=..., layers=..., attention=..., ...)); see docs/backbones.md."
+    )
+
+
+def find_backbone(model: nn.Module) -> Backbone:
+    """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
+    found = []
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
+            continue
+        spec = BACKBONES[model_type]
+        if _has_path(module, spec.embeddings) and _has_path(module, spec.layers):
+            found.append((name, module, model_type, spec))
+    if not found:
+        raise _unsupported(model)
+    if len(found) > 1:
+        names = ", ".join(repr(name) for name, *_ in found)
+        raise UnsupportedModelError(f"Found several backbones ({names}); vpt_peft prompts exactly one.")
+    path, module, model_type, spec = found[0]
+    config = module.config
+    layers = _get_path(module, spec.layers)
+    attention = _get_path(layers[0], spec.attention)
+    num_heads = config.num_attention_heads
+    head_dim = getattr(attention, "head_dim", config.hidden_size // num_heads)
+    patch = config.patch_size if isinstance(config.patch_size, int) else math.prod(config.patch_size)
+    patch_area = patch * patch if isinstance(config.patch_size, int) else patch
+    heads = [h for h in spec.heads if isinstance(getattr(model, h, None), nn.Module)]
+    return Backbone(
+        path=path,
+        module=module,
+        model_type=model_type,
+        spec=spec,
+        hidden_size=config.hidden_size,
+        num_layers=len(layers),
+        num_heads=num_heads,
+        head_dim=head_dim,
+        num_special_tokens=spec.special_tokens(config),
+        patch_fan_in=getattr(config, "num_channels", 3) * patch_area,
+        heads=heads,
+    )

@@ -1,0 +1,114 @@
+"""Fields shared by every visual-prompt method's config."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+PROMPT_INITS = ("xavier_patch", "normal", "zeros")
+PROMPT_PATHS = ("auto", "kv", "sequence")
+HEAD_INITS = ("model", "vpt")
+
+
+def check_fraction(name: str, value: float, *, upper_inclusive: bool = True) -> None:
+    """Raise a clear ValueError unless ``value`` is a real number in [0, 1] (or [0, 1))."""
+    ok = isinstance(value, (int, float)) and not math.isnan(value) and value >= 0
+    ok = ok and (value <= 1 if upper_inclusive else value < 1)
+    if not ok:
+        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+
+
+def check_count(name: str, value: int, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+@dataclass
+class PromptConfigBase(PeftConfig):
+    """Visual prompts for a frozen vision transformer (VPT, Jia et al., ECCV 2022), shared fields.
+
+    Defaults are the official code's, with the released runs' prompt dropout (0.1 for deep, 0 for shallow).
+    """
+
+    num_prompts: int = field(default=5, metadata={"help": "Prompt tokens per prompted layer (p)."})
+    deep: bool = field(default=False, metadata={"help": "Prompts at every prompted layer (VPT-deep) or only the first."})
+    prompt_layers: Optional[list[int]] = field(
+        default=None, metadata={"help": "Deep mode: indices of the prompted layers (default: all)."}
+    )
+    prompt_dropout: Optional[float] = field(
+        default=None, metadata={"help": "Dropout on the batch-expanded prompts; None = 0.1 deep, 0.0 shallow."}
+    )
+    prompt_init: str = field(
+        default="xavier_patch",
+        metadata={"help": "'xavier_patch' (official: U(+-sqrt(6/(C*ph*pw + d)))), 'normal' (N(0, 0.02)), 'zeros'."},
+    )
+    prompt_project_dim: int = field(
+        default=-1, metadata={"help": "If > 0, prompts live in this dimension and one shared Linear maps them to d."}
+    )
+    prompt_path: str = field(
+        default="auto",
+        metadata={
+            "help": "Deep prompts: 'kv' feeds them to attention as extra keys/values (exact, faster), 'sequence' "
+            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact."
+        },
+    )
+    head_init: str = field(
+        default="model",
+        metadata={"help": "'model' keeps the head's own init; 'vpt' = Kaiming fan_out weights, bias -log(99)."},
+    )
+    backbone_eval_mode: bool = field(
+        default=True, metadata={"help": "Keep the frozen backbone in eval mode (no dropout) while prompts train."}
+    )
+    target_modules: Optional[Union[str, list[str]]] = field(
+        default=None, metadata={"help": "Filled in automatically: the module that hosts the prompts."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Trained and saved with the prompts; None = the model's head, auto-detected."}
+    )
+    backbone: Optional[dict] = field(
+        default=None, metadata={"help": "Filled in automatically: model_type and sizes, checked when loading."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_count("num_prompts", self.num_prompts)
+        if self.prompt_dropout is not None:
+            check_fraction("prompt_dropout", self.prompt_dropout, upper_inclusive=False)
+        check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
+        check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
+        check_choice("head_init", self.head_init, HEAD_INITS)
+        if isinstance(self.prompt_project_dim, bool) or not isinstance(self.prompt_project_dim, int):
+            raise ValueError(f"prompt_project_dim must be an integer (-1 = off), got {self.prompt_project_dim!r}.")
+        if self.prompt_layers is not None:
+            if not self.deep:
+                raise ValueError("prompt_layers only applies to deep prompts; set deep=True or drop prompt_layers.")
+            layers = list(self.prompt_layers)
+            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+                raise ValueError(f"prompt_layers must be a non-empty list of layer indices >= 0, got {layers!r}.")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"prompt_layers has duplicates: {layers!r}.")
+            self.prompt_layers = sorted(layers)
+
+    @property
+    def effective_prompt_dropout(self) -> float:
+        if self.prompt_dropout is not None:
+            return self.prompt_dropout
+        return 0.1 if self.deep else 0.0
+
+    def prompted_layers(self, num_layers: int) -> list[int]:
+        """Indices of the layers that receive their own prompts, checked against the backbone's depth."""
+        if not self.deep:
+            return [0]
+        layers = self.prompt_layers if self.prompt_layers is not None else list(range(num_layers))
+        if layers[-1] >= num_layers:
+            raise ValueError(f"prompt_layers {layers} out of range: the backbone has {num_layers} layers (0..{num_layers - 1}).")
+        return list(layers)

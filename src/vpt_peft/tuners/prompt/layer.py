@@ -1,0 +1,273 @@
+"""The modules that own the prompts, and the hooks that put them into an unmodified HF backbone.
+
+A :class:`PromptBank` holds one adapter's tensors. A :class:`PromptAdapterLayer` (the peft "tuner layer")
+is attached as a child named ``prompt_adapter`` of the backbone's embeddings module, keeps one bank per
+adapter, and registers bound-method hooks (never closures: deep copies and pickles of the model must carry
+their own prompts) on the backbone's blocks:
+
+* a forward pre-hook on every block inserts the prompts after the special tokens at the first prompted
+  block and overwrites them at every later prompted block (the in-sequence path);
+* a forward pre-hook on every block's attention hands it extra keys/values (the key-value path, see
+  :mod:`vpt_peft.attention`);
+* forward hooks on the final norm and the backbone remove prompt positions from what the model returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from ...attention import EXTRA_KV_KWARG, ExtraKeyValues, ensure_installed, split_heads
+from ...backbones import Backbone, _get_path
+from .config import PromptConfigBase
+
+
+def kv_path_is_exact(layers: list[int], num_layers: int) -> bool:
+    """Deep prompts may skip the blocks iff no block ever reads a previous block's prompt outputs.
+
+    Block i's prompt outputs are read by block i+1 unless i+1 brings its own prompts (or i is the last
+    block), so the prompted blocks must run without a gap to the end.
+    """
+    return layers == list(range(layers[0], num_layers))
+
+
+class PromptBank(nn.Module):
+    """One adapter's visual prompts for one backbone: ``prompt_embeddings`` of shape (L, p, d).
+
+    Row ``j`` belongs to the ``j``-th prompted layer. Each use goes projection -> batch expansion ->
+    dropout (an independent mask per sample, token and channel, as the official code) -> :meth:`transform`.
+    """
+
+    def __init__(self, config: PromptConfigBase, backbone: Backbone) -> None:
+        super().__init__()
+        layers = config.prompted_layers(backbone.num_layers)
+        self.layer_slots = {layer: slot for slot, layer in enumerate(layers)}
+        self.first_layer = layers[0]
+        self.num_prompts = config.num_prompts
+        self.uses_kv_path = self.choose_kv_path(config, layers, backbone.num_layers)
+        prompt_dim = config.prompt_project_dim if config.prompt_project_dim > 0 else backbone.hidden_size
+        self.prompt_embeddings = nn.Parameter(torch.empty(len(layers), config.num_prompts, prompt_dim))
+        self.prompt_proj = nn.Linear(prompt_dim, backbone.hidden_size) if config.prompt_project_dim > 0 else None
+        self.prompt_dropout = nn.Dropout(config.effective_prompt_dropout)
+        self.reset_prompts(config, backbone)
+
+    @staticmethod
+    def choose_kv_path(config: PromptConfigBase, layers: list[int], num_layers: int) -> bool:
+        if not config.deep or config.prompt_path == "sequence":
+            return False
+        exact = kv_path_is_exact(layers, num_layers)
+        if config.prompt_path == "kv" and not exact:
+            raise ValueError(
+                f"prompt_path='kv' is exact only when the prompted layers run to the last layer; {layers} leaves "
+                "a gap where prompt outputs flow into unprompted layers. Use prompt_path='sequence' or 'auto'."
+            )
+        return exact
+
+    @torch.no_grad()
+    def reset_prompts(self, config: PromptConfigBase, backbone: Backbone) -> None:
+        if self.prompt_embeddings.is_meta:
+            return
+        if config.prompt_init == "xavier_patch":
+            # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
+            bound = math.sqrt(6.0 / (backbone.patch_fan_in + self.prompt_embeddings.shape[-1]))
+            self.prompt_embeddings.uniform_(-bound, bound)
+        elif config.prompt_init == "normal":
+            self.prompt_embeddings.normal_(0.0, 0.02)
+        else:
+            self.prompt_embeddings.zero_()
+        if self.prompt_proj is not None:
+            nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
+
+    @property
+    def needs_extra_key_values(self) -> bool:
+        """Whether the attention must be routed through :func:`vpt_peft.attention.prompted_attention`."""
+        return self.uses_kv_path and self.num_prompts > 0
+
+    @property
+    def sequence_tokens(self) -> int:
+        """How many prompt tokens this bank leaves in the residual stream (0 on the key-value path)."""
+        return 0 if self.uses_kv_path else self.num_prompts
+
+    def transform(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Hook for methods that map the prompts before use (VFPT's Fourier transform)."""
+        return prompts
+
+    def prompts(self, slot: int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """The (batch, p, d) prompts of prompted layer number ``slot``, in the model's dtype."""
+        prompts = self.prompt_embeddings[slot]
+        if self.prompt_proj is not None:
+            prompts = self.prompt_proj(prompts)
+        if not (self.training and self.prompt_dropout.p > 0):
+            batch_size = 1  # identical for every sample: let the caller broadcast
+        prompts = self.prompt_dropout(prompts.unsqueeze(0).expand(batch_size, -1, -1))
+        return self.transform(prompts).to(dtype)
+
+    def extra_key_values(
+        self, layer_index: int, norm: nn.Module, attention: nn.Module, batch_size: int, dtype: torch.dtype,
+        k_proj: str, v_proj: str, head_dim: int,
+    ) -> Optional[ExtraKeyValues]:
+        """Keys/values that layer ``layer_index``'s real tokens attend to besides their own."""
+        slot = self.layer_slots.get(layer_index)
+        if not self.uses_kv_path or slot is None or self.num_prompts == 0:
+            return None
+        normed = norm(self.prompts(slot, batch_size, dtype))
+        key = split_heads(getattr(attention, k_proj)(normed), head_dim)
+        value = split_heads(getattr(attention, v_proj)(normed), head_dim)
+        return ExtraKeyValues(key, value)
+
+
+def _pad_square_mask(mask: Optional[torch.Tensor], at: int, count: int) -> Optional[torch.Tensor]:
+    """Open ``count`` new query/key slots at position ``at`` of a 4-D attention mask (attend everywhere)."""
+    if mask is None or mask.dim() != 4 or count == 0:
+        return mask
+    fill = True if mask.dtype == torch.bool else 0.0
+    b, h, q, k = mask.shape
+    rows = mask.new_full((b, h, count, k), fill)
+    mask = torch.cat([mask[:, :, :at], rows, mask[:, :, at:]], dim=2)
+    cols = mask.new_full((b, h, q + count, count), fill)
+    return torch.cat([mask[..., :at], cols, mask[..., at:]], dim=3)
+
+
+def _owned_by(hook: Any, owner: object) -> bool:
+    func = hook.func if isinstance(hook, functools.partial) else hook
+    return getattr(func, "__self__", None) is owner
+
+
+class PromptAdapterLayer(nn.Module, BaseTunerLayer):
+    """The tuner layer of a prompt method: owns one :class:`PromptBank` per adapter and the hooks."""
+
+    adapter_layer_names: tuple[str, ...] = ("vpt_prompts",)
+    bank_cls: type[PromptBank] = PromptBank
+
+    def __init__(self, backbone: Backbone) -> None:
+        nn.Module.__init__(self)
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._active_adapter = "default"
+        self.kwargs: dict = {}
+        setattr(self, self.adapter_layer_names[0], nn.ModuleDict())
+        self.num_special_tokens = backbone.num_special_tokens
+        self.head_dim = backbone.head_dim
+        self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
+        self.strips_at_final_norm = backbone.spec.final_norm is not None
+
+    @property
+    def banks(self) -> nn.ModuleDict:
+        return getattr(self, self.adapter_layer_names[0])
+
+    def update_layer(self, adapter_name: str, config: PromptConfigBase, backbone: Backbone) -> None:
+        bank = self.bank_cls(config, backbone)
+        reference = backbone.sub(backbone.spec.embeddings)
+        device = next((p.device for p in reference.parameters() if not p.is_meta), None)
+        if device is not None and not any(p.is_meta for p in bank.parameters()):
+            bank.to(device)
+        self.banks[adapter_name] = bank
+        self.set_adapter(self.active_adapters)
+
+    def merge(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError("Prompts are extra tokens, not weight deltas, so they cannot be merged; use unload().")
+
+    def unmerge(self) -> None:
+        return None
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def register_hooks(self, backbone: Backbone) -> None:
+        spec = backbone.spec
+        for index, layer in enumerate(backbone.layers):
+            layer.register_forward_pre_hook(functools.partial(self._layer_pre_hook, index), with_kwargs=True)
+            attention = _get_path(layer, spec.attention)
+            norm = _get_path(layer, spec.attention_norm)
+            attention.register_forward_pre_hook(
+                functools.partial(self._attention_pre_hook, index, norm), with_kwargs=True
+            )
+        if spec.final_norm is not None:
+            backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
+        backbone.module.register_forward_hook(self._backbone_output_hook)
+
+    def remove_hooks(self, root: nn.Module) -> None:
+        for module in root.modules():
+            for hooks, with_kwargs in (
+                (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs),
+                (module._forward_hooks, module._forward_hooks_with_kwargs),
+            ):
+                for key in [k for k, hook in hooks.items() if _owned_by(hook, self)]:
+                    del hooks[key]
+                    with_kwargs.pop(key, None)
+
+    def active_bank(self) -> Optional[PromptBank]:
+        if self.disable_adapters:
+            return None
+        names = self.active_adapters
+        if len(names) > 1:
+            raise ValueError(f"Only one prompt adapter can be active at a time, got {names}.")
+        if not names or names[0] not in self.banks:
+            return None
+        return self.banks[names[0]]
+
+    def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
+        bank = self.active_bank()
+        if bank is None or bank.uses_kv_path or bank.num_prompts == 0:
+            return None
+        slot = bank.layer_slots.get(index)
+        if slot is None:
+            return None
+        hidden = args[0]
+        prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype).expand(hidden.shape[0], -1, -1)
+        n, p = self.num_special_tokens, bank.num_prompts
+        if index == bank.first_layer:
+            hidden = torch.cat([hidden[:, :n], prompts, hidden[:, n:]], dim=1)
+            if len(args) > 1:
+                args = (hidden, _pad_square_mask(args[1], n, p), *args[2:])
+            else:
+                args = (hidden,)
+                if "attention_mask" in kwargs:
+                    kwargs = {**kwargs, "attention_mask": _pad_square_mask(kwargs["attention_mask"], n, p)}
+        else:
+            args = (torch.cat([hidden[:, :n], prompts, hidden[:, n + p :]], dim=1), *args[1:])
+        return args, kwargs
+
+    def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
+        bank = self.active_bank()
+        if bank is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        extra = bank.extra_key_values(
+            index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dim
+        )
+        if extra is None:
+            return None
+        ensure_installed(module.config)
+        previous = kwargs.get(EXTRA_KV_KWARG)
+        return args, {**kwargs, EXTRA_KV_KWARG: extra if previous is None else previous.cat(extra)}
+
+    def _strip(self, sequence: torch.Tensor, count: int) -> torch.Tensor:
+        n = self.num_special_tokens
+        return torch.cat([sequence[:, :n], sequence[:, n + count :]], dim=1)
+
+    def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        bank = self.active_bank()
+        if bank is None or bank.sequence_tokens == 0:
+            return None
+        return self._strip(output, bank.sequence_tokens)
+
+    def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
+        """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""
+        bank = self.active_bank()
+        if bank is None or bank.sequence_tokens == 0 or not hasattr(output, "keys"):
+            return None
+        p = bank.sequence_tokens
+        last = output.get("last_hidden_state")
+        if last is not None and not self.strips_at_final_norm:
+            output["last_hidden_state"] = last = self._strip(last, p)
+        states = output.get("hidden_states")
+        if states is not None and last is not None:
+            base = last.shape[1]
+            output["hidden_states"] = tuple(
+                self._strip(h, p) if h is not None and h.dim() == 3 and h.shape[1] == base + p else h for h in states
+            )
+        return output

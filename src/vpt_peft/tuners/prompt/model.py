@@ -1,0 +1,142 @@
+"""The peft tuner shared by every visual-prompt method (a ``BaseTuner``, LoRA-style, not prompt learning)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import PreTrainedModel
+
+from ...attention import ensure_installed, uninstall
+from ...backbones import Backbone, find_backbone
+from .config import PromptConfigBase
+from .layer import PromptAdapterLayer
+
+SIDECAR_NAME = "prompt_adapter"
+VPT_HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter was made for a different backbone than the one it is being loaded onto."""
+
+
+def _check_same_backbone(config: PromptConfigBase, backbone: Backbone) -> None:
+    expected, actual = config.backbone, backbone.describe()
+    if expected is None:
+        return
+    differences = {k: (expected.get(k), actual[k]) for k in actual if expected.get(k) != actual[k]}
+    if differences:
+        detail = ", ".join(f"{k}: adapter {a!r} vs model {m!r}" for k, (a, m) in differences.items())
+        raise AdapterMismatchError(
+            f"This {type(config).__name__} adapter was made for a {expected} backbone but the model is {actual} "
+            f"({detail}). Load it onto the base model it was trained on."
+        )
+
+
+def _checkpointing_enabled(model: nn.Module) -> bool:
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+class PromptTunerModel(BaseTuner):
+    """Attach prompt banks to a vision transformer through hooks; the HF modules stay untouched."""
+
+    prefix: str = "vpt_"
+    tuner_layer_cls: type[PromptAdapterLayer] = PromptAdapterLayer
+    target_module_mapping: dict = {}
+
+    def _prepare_adapter_config(self, peft_config: PromptConfigBase, model_config: dict) -> PromptConfigBase:
+        # Everything that can fail is checked here, before inject_adapter touches the model.
+        backbone = find_backbone(self.model)
+        _check_same_backbone(peft_config, backbone)
+        layers = peft_config.prompted_layers(backbone.num_layers)
+        self.tuner_layer_cls.bank_cls.choose_kv_path(peft_config, layers, backbone.num_layers)
+        self.validate_config(peft_config, backbone)
+        peft_config.target_modules = re.escape(backbone.qualified(backbone.spec.embeddings))
+        if peft_config.modules_to_save is None and backbone.heads:
+            peft_config.modules_to_save = list(backbone.heads)
+        peft_config.backbone = backbone.describe()
+        self._backbone = backbone
+        return peft_config
+
+    def validate_config(self, peft_config: PromptConfigBase, backbone: Backbone) -> None:
+        """Method-specific checks against the backbone (override in a method's tuner)."""
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key) -> None:
+        sidecar = getattr(target, SIDECAR_NAME, None)
+        if sidecar is None:
+            sidecar = self.tuner_layer_cls(self._backbone)
+            target.add_module(SIDECAR_NAME, sidecar)
+            sidecar.register_hooks(self._backbone)
+        sidecar.update_layer(adapter_name, peft_config, self._backbone)
+
+    def _post_injection_hook(self, model: nn.Module, config: PromptConfigBase, adapter_name: str) -> None:
+        if config.head_init == "vpt":
+            self._init_heads_like_vpt(model, adapter_name)
+        if any(self._needs_extra_kv(m, adapter_name) for m in model.modules()):
+            for module in model.modules():
+                if isinstance(module, PreTrainedModel):
+                    ensure_installed(module.config)
+        if _checkpointing_enabled(model):
+            # With reentrant checkpointing and no prompt in the residual stream, the block inputs must
+            # require grad or the key-value prompts get none (see docs/integration.md).
+            model.enable_input_require_grads()
+
+    @staticmethod
+    def _needs_extra_kv(module: nn.Module, adapter_name: str) -> bool:
+        if not isinstance(module, PromptAdapterLayer) or adapter_name not in module.banks:
+            return False
+        return module.banks[adapter_name].needs_extra_key_values
+
+    @staticmethod
+    @torch.no_grad()
+    def _init_heads_like_vpt(model: nn.Module, adapter_name: str) -> None:
+        """The official VPT head init: Kaiming-normal fan_out weights, bias -log(99) (a 1% prior)."""
+        for module in model.modules():
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                for linear in module.modules_to_save[adapter_name].modules():
+                    if isinstance(linear, nn.Linear):
+                        nn.init.kaiming_normal_(linear.weight, a=0, mode="fan_out")
+                        if linear.bias is not None:
+                            linear.bias.fill_(VPT_HEAD_BIAS)
+
+    def train(self, mode: bool = True) -> "PromptTunerModel":
+        """Train the prompts and head while the frozen backbone keeps eval-mode behaviour (no dropout).
+
+        Blocks and ``PreTrainedModel`` containers keep ``training=mode`` so that gradient checkpointing,
+        which transformers gates on ``layer.training``, still runs.
+        """
+        super().train(mode)
+        if not mode or not any(getattr(c, "backbone_eval_mode", False) for c in self.peft_config.values()):
+            return self
+        adapter_roots = [
+            name for name, m in self.model.named_modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))
+        ]
+        for name, module in self.model.named_modules():
+            if any(name == root or name.startswith(root + ".") for root in adapter_roots):
+                continue
+            if not isinstance(module, (GradientCheckpointingLayer, PreTrainedModel)):
+                module.training = False
+        return self
+
+    def _unload_and_optionally_merge(
+        self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+        adapter_names: Optional[list[str]] = None,
+    ):
+        if merge:
+            raise ValueError("Prompts are extra tokens, not weight deltas, so they cannot be merged; use unload().")
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, PromptAdapterLayer):
+                module.remove_hooks(self.model)
+                parent = self.model.get_submodule(name.rpartition(".")[0])
+                delattr(parent, name.rpartition(".")[2])
+        for module in self.model.modules():
+            if isinstance(module, PreTrainedModel):
+                uninstall(module.config)
+        return super()._unload_and_optionally_merge(merge=False, progressbar=progressbar, adapter_names=adapter_names)

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from ..prompt.layer import PromptAdapterLayer, PromptBank
+
+
+class VisualPromptLayer(PromptAdapterLayer):
+    """Holds each VPT adapter's :class:`PromptBank` under ``vpt_prompts.<adapter>.prompt_embeddings``."""
+
+    adapter_layer_names = ("vpt_prompts",)
+    bank_cls = PromptBank
