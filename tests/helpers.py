@@ -1,0 +1,45 @@
+"""Tiny models built from configs (no download) shared by the test suite."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
+
+import vpt_peft  # noqa: F401  (registers the methods)
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8,
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+)
+
+MODEL_CLASSES = {
+    "vit": ViTForImageClassification,
+    "vit-model": ViTModel,
+    "deit": DeiTForImageClassification,
+    "deit-teacher": DeiTForImageClassificationWithTeacher,
+}
+
+
+def tiny_vit(cls=ViTForImageClassification, attn="sdpa", seed=0, num_labels=3, **overrides):
+    torch.manual_seed(seed)
+    config_cls = DeiTConfig if "DeiT" in cls.__name__ else ViTConfig
+    config = config_cls(**{**TINY, **overrides}, num_labels=num_labels)
+    model = cls(config)
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def sidecar(model):
+    """The prompt adapter layer attached to a peft model's backbone."""
+    return next(m for m in model.modules() if hasattr(m, "banks"))
+
+
+def prompt_param(model):
+    return next(p for n, p in model.named_parameters() if n.endswith("prompt_embeddings"))
