@@ -169,6 +169,11 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         self.banks[adapter_name] = bank
         self.set_adapter(self.active_adapters)
 
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
+        # There is no wrapped base layer (peft's default would recurse through BaseTunerLayer.weight): keep the
+        # prompts on their device and in float32; the hooks cast them to the activations' dtype.
+        return next((p.device for p in self.parameters() if not p.is_meta), None), None
+
     def merge(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError("Prompts are extra tokens, not weight deltas, so they cannot be merged; use unload().")
 

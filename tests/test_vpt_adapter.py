@@ -1,0 +1,259 @@
+"""VPT as a peft adapter: parameter counts, files, adapter management, disable/unload, hub, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel, ViTConfig, ViTForImageClassification
+
+import vpt_peft
+from vpt_peft import AdapterMismatchError, UnsupportedModelError, VisualPromptConfig
+
+from .helpers import MODEL_CLASSES, prompt_param, sidecar, tiny_vit
+
+VIT_B16 = ViTConfig(num_labels=100)  # hidden 768, 12 layers, patch 16: the paper's backbone, random init
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    torch.manual_seed(0)
+    return ViTForImageClassification(VIT_B16).eval()
+
+
+@pytest.mark.parametrize("deep,expected", [(False, 38_400), (True, 460_800)])
+def test_prompt_parameter_count_on_vit_b16(vit_b16, deep, expected):
+    model = get_peft_model(copy.deepcopy(vit_b16), VisualPromptConfig(num_prompts=50, deep=deep))
+    prompts = prompt_param(model)
+    assert prompts.numel() == expected
+    assert prompts.shape == ((12 if deep else 1), 50, 768)
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    head = 768 * 100 + 100
+    assert sum(trainable.values()) == expected + head
+    assert all("prompt_embeddings" in n or "classifier" in n for n in trainable)
+
+
+def test_prompt_init_is_official_xavier_patch_rule(vit_b16):
+    model = get_peft_model(copy.deepcopy(vit_b16), VisualPromptConfig(num_prompts=50, deep=True))
+    prompts = prompt_param(model).detach()
+    bound = (6 / (3 * 16 * 16 + 768)) ** 0.5  # 0.0625
+    assert prompts.abs().max() <= bound
+    assert prompts.abs().max() > 0.99 * bound
+    assert abs(prompts.std().item() - bound / 3**0.5) < 1e-3  # uniform(-v, v) has std v/sqrt(3)
+
+
+def test_state_dict_contract(pixels):
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True))
+    keys = [k for k in model.state_dict() if k.endswith("prompt_embeddings")]
+    assert len(keys) == 1 and model.state_dict()[keys[0]].shape == (3, 4, 32)
+    adapter = get_peft_model_state_dict(model)
+    assert sorted(adapter) == [
+        "base_model.model.classifier.bias",
+        "base_model.model.classifier.weight",
+        "base_model.model.vit.embeddings.prompt_adapter.vpt_prompts.prompt_embeddings",
+    ]
+
+
+def fresh_base():
+    """The same frozen backbone with a new random head, as after ``from_pretrained(..., num_labels=3)``."""
+    model = tiny_vit()
+    torch.nn.init.normal_(model.classifier.weight)
+    return model
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path, pixels):
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True))
+    with torch.no_grad():
+        prompt_param(model).add_(torch.randn_like(prompt_param(model)))
+        model.base_model.model.classifier.modules_to_save["default"].weight.add_(1.0)
+    model.eval()
+    want = model(pixels).logits
+    model.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    assert set(tensors) == set(get_peft_model_state_dict(model))
+    params = sum(t.numel() for t in tensors.values())
+    size = (tmp_path / "adapter_model.safetensors").stat().st_size
+    assert 4 * params < size < 4 * params + 1024  # only prompts + head, plus a small header
+    assert isinstance(PeftConfig.from_pretrained(tmp_path), VisualPromptConfig)
+    loaded = PeftModel.from_pretrained(fresh_base(), tmp_path).eval()
+    assert torch.equal(loaded(pixels).logits, want)
+    cpu_light = PeftModel.from_pretrained(fresh_base(), tmp_path, low_cpu_mem_usage=True).eval()
+    assert torch.equal(cpu_light(pixels).logits, want)
+
+
+def test_disable_adapter_and_unload_restore_the_base(pixels):
+    base = tiny_vit(attn="eager")
+    want = base(pixels).logits
+    snapshot = copy.deepcopy(base.state_dict())
+    model = get_peft_model(base, VisualPromptConfig(num_prompts=4, deep=True)).eval()
+    assert not torch.equal(model(pixels).logits, want)
+    with model.disable_adapter():
+        assert torch.equal(model(pixels).logits, want)
+    assert not torch.equal(model(pixels).logits, want)
+    unloaded = model.unload()
+    assert torch.equal(unloaded(pixels).logits, want)
+    assert unloaded.config._attn_implementation == "eager"
+    assert not any(len(m._forward_pre_hooks) or len(m._forward_hooks) for m in unloaded.modules())
+    assert unloaded.state_dict().keys() == snapshot.keys()
+    assert all(torch.equal(unloaded.state_dict()[k], v) for k, v in snapshot.items())
+    with pytest.raises(ValueError, match="cannot be merged"):
+        get_peft_model(tiny_vit(), VisualPromptConfig()).merge_and_unload()
+
+
+def test_adapter_management(tmp_path, pixels):
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True)).eval()
+    out_default = model(pixels).logits
+    model.add_adapter("shallow", VisualPromptConfig(num_prompts=2))
+    assert torch.equal(model(pixels).logits, out_default)  # adding does not activate
+    model.set_adapter("shallow")
+    out_shallow = model(pixels).logits
+    assert not torch.equal(out_shallow, out_default)
+    assert prompt_param(model).requires_grad is False  # the default adapter's prompts are frozen now
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "shallow" / "adapter_model.safetensors").exists()
+    model.set_adapter("default")
+    assert torch.equal(model(pixels).logits, out_default)
+    model.delete_adapter("shallow")
+    assert list(model.peft_config) == ["default"] and "shallow" not in sidecar(model).banks
+    model.load_adapter(tmp_path / "shallow", adapter_name="again")
+    model.set_adapter("again")
+    assert torch.equal(model(pixels).logits, out_shallow)
+    with pytest.raises(ValueError, match="already exists"):
+        model.add_adapter("again", VisualPromptConfig())
+
+
+def test_push_to_hub_uploads_only_the_adapter(monkeypatch, tmp_path):
+    uploaded = {}
+
+    def fake_upload_folder(self, *, folder_path, repo_id, **kwargs):
+        uploaded.update({name: os.path.getsize(os.path.join(folder_path, name)) for name in os.listdir(folder_path)})
+        uploaded["_repo"] = repo_id
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: huggingface_hub.RepoUrl("https://huggingface.co/me/task"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, *a, operations, **k: uploaded.update(
+        {op.path_in_repo: os.path.getsize(op.path_or_fileobj) if isinstance(op.path_or_fileobj, str) else len(op.path_or_fileobj) for op in operations}
+    ))
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True))
+    model.push_to_hub("me/task", token="fake")
+    files = {k for k in uploaded if not k.startswith("_")}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert files <= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert uploaded["adapter_model.safetensors"] < 10_000
+
+
+def test_auto_peft_model_for_image_classification(tmp_path, pixels):
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    tiny_vit().save_pretrained(base_dir)
+    base = ViTForImageClassification.from_pretrained(base_dir).eval()
+    model = get_peft_model(base, VisualPromptConfig(num_prompts=3, deep=True)).eval()
+    want = model(pixels).logits
+    model.save_pretrained(adapter_dir)
+    loaded = vpt_peft.AutoPeftModelForImageClassification.from_pretrained(adapter_dir).eval()
+    assert isinstance(loaded, PeftModel)
+    assert torch.equal(loaded(pixels).logits, want)
+
+
+def test_loading_without_import_says_to_import_vpt_peft(tmp_path):
+    get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=2)).save_pretrained(tmp_path)
+    assert "import vpt_peft" in json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"]
+    script = textwrap.dedent(
+        f"""
+        from peft import PeftConfig
+        try:
+            PeftConfig.from_pretrained({str(tmp_path)!r})
+        except KeyError as error:
+            print("ERROR", error)
+        import vpt_peft
+        print("LOADED", type(PeftConfig.from_pretrained({str(tmp_path)!r})).__name__)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "ERROR" in out and "import vpt_peft" in out.split("LOADED")[0]
+    assert "LOADED VisualPromptConfig" in out
+
+
+def test_unsupported_models_are_refused_with_the_supported_list():
+    text_model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
+    with pytest.raises(UnsupportedModelError, match="Supported families.*vit.*register_backbone"):
+        get_peft_model(text_model, VisualPromptConfig())
+    assert not any(len(m._forward_pre_hooks) for m in text_model.modules())
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_prompts=-1), "num_prompts"),
+        (dict(num_prompts=2.5), "num_prompts"),
+        (dict(prompt_dropout=1.0), "prompt_dropout"),
+        (dict(prompt_dropout=float("nan")), "prompt_dropout"),
+        (dict(prompt_init="he"), "prompt_init"),
+        (dict(prompt_path="fast"), "prompt_path"),
+        (dict(prompt_layers=[0, 1]), "deep=True"),
+        (dict(deep=True, prompt_layers=[1, 1]), "duplicates"),
+        (dict(deep=True, prompt_layers=[]), "non-empty"),
+        (dict(head_init="xavier"), "head_init"),
+    ],
+)
+def test_bad_config_values_raise_at_config_time(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VisualPromptConfig(**kwargs)
+
+
+def test_bad_values_for_this_model_leave_it_untouched(pixels):
+    base = tiny_vit()
+    before = copy.deepcopy(base.state_dict())
+    for config in (
+        VisualPromptConfig(deep=True, prompt_layers=[0, 7]),
+        VisualPromptConfig(deep=True, prompt_layers=[0, 2], prompt_path="kv"),
+    ):
+        with pytest.raises(ValueError, match="out of range|gap"):
+            get_peft_model(base, config)
+        assert not hasattr(base, "peft_config")
+        assert not any(len(m._forward_pre_hooks) for m in base.modules())
+        assert base.state_dict().keys() == before.keys()
+
+
+def test_adapter_for_another_backbone_is_refused(tmp_path):
+    get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=2)).save_pretrained(tmp_path)
+    wider = tiny_vit(hidden_size=48, intermediate_size=40)
+    with pytest.raises(AdapterMismatchError, match="hidden_size: adapter 32 vs model 48"):
+        PeftModel.from_pretrained(wider, tmp_path)
+    deeper = tiny_vit(num_hidden_layers=4)
+    with pytest.raises(AdapterMismatchError, match="num_layers"):
+        PeftModel.from_pretrained(deeper, tmp_path)
+    deit = tiny_vit(MODEL_CLASSES["deit"])
+    with pytest.raises(AdapterMismatchError, match="model_type: adapter 'vit' vs model 'deit'"):
+        PeftModel.from_pretrained(deit, tmp_path)
+
+
+def test_deepcopy_and_pickle_keep_their_own_prompts(pixels):
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True)).eval()
+    clone = copy.deepcopy(model)
+    restored = pickle.loads(pickle.dumps(model))
+    want = model(pixels).logits
+    assert torch.equal(clone(pixels).logits, want) and torch.equal(restored(pixels).logits, want)
+    with torch.no_grad():
+        prompt_param(model).add_(1.0)
+    assert torch.equal(clone(pixels).logits, want) and torch.equal(restored(pixels).logits, want)
+    assert not torch.equal(model(pixels).logits, want)
+
+
+def test_multiple_active_adapters_are_refused(pixels):
+    model = get_peft_model(tiny_vit(MODEL_CLASSES["vit-model"]), VisualPromptConfig(num_prompts=2))
+    model.add_adapter("b", VisualPromptConfig(num_prompts=2))
+    model.base_model.set_adapter(["default", "b"])
+    with pytest.raises(ValueError, match="one prompt adapter"):
+        model(pixel_values=pixels)
