@@ -8,16 +8,18 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from ._registry import extend_peft_type, register_method
 
-for _name in ("vpt",):
+for _name in ("vpt", "vfpt"):
     extend_peft_type(_name)
 
 from .attention import ExtraKeyValues, UnsupportedAttentionError  # noqa: E402
 from .auto import AutoPeftModelForImageClassification  # noqa: E402
 from .backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone  # noqa: E402
 from .tuners.prompt import AdapterMismatchError  # noqa: E402
+from .tuners.vfpt import FourierPromptConfig, FourierPromptModel  # noqa: E402
 from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
 
 register_method("vpt", VisualPromptConfig, VisualPromptModel)
+register_method("vfpt", FourierPromptConfig, FourierPromptModel)
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
     "ExtraKeyValues",
+    "FourierPromptConfig",
+    "FourierPromptModel",
     "PeftConfig",
     "PeftModel",
     "UnsupportedAttentionError",

@@ -15,7 +15,6 @@ class VisualPromptConfig(PromptConfigBase):
     """
 
     def __post_init__(self) -> None:
-        from ... import _registry  # noqa: F401  (the enum member exists once vpt_peft is imported)
         from peft.utils.peft_types import PeftType
 
         self.peft_type = PeftType.VPT
