@@ -8,18 +8,27 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from ._registry import extend_peft_type, register_method
 
-for _name in ("vpt", "vfpt"):
+for _name in ("vpt", "vfpt", "kvprompt"):
     extend_peft_type(_name)
 
 from .attention import ExtraKeyValues, UnsupportedAttentionError  # noqa: E402
 from .auto import AutoPeftModelForImageClassification  # noqa: E402
 from .backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone  # noqa: E402
+from .tuners.e2vpt import (  # noqa: E402
+    KVPromptConfig,
+    KVPromptModel,
+    PruningResult,
+    effective_prompt_parameters,
+    importance_scores,
+    prune_prompts,
+)
 from .tuners.prompt import AdapterMismatchError  # noqa: E402
 from .tuners.vfpt import FourierPromptConfig, FourierPromptModel  # noqa: E402
 from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
 
 register_method("vpt", VisualPromptConfig, VisualPromptModel)
 register_method("vfpt", FourierPromptConfig, FourierPromptModel)
+register_method("kvprompt", KVPromptConfig, KVPromptModel)
 
 __version__ = "0.1.0"
 
@@ -31,13 +40,19 @@ __all__ = [
     "ExtraKeyValues",
     "FourierPromptConfig",
     "FourierPromptModel",
+    "KVPromptConfig",
+    "KVPromptModel",
+    "PruningResult",
     "PeftConfig",
     "PeftModel",
     "UnsupportedAttentionError",
     "UnsupportedModelError",
     "VisualPromptConfig",
     "VisualPromptModel",
+    "effective_prompt_parameters",
     "find_backbone",
     "get_peft_model",
+    "importance_scores",
+    "prune_prompts",
     "register_backbone",
 ]

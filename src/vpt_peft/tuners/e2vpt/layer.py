@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ...attention import ExtraKeyValues, split_heads
+from ...backbones import Backbone
+from ..prompt.layer import PromptAdapterLayer, PromptBank
+from .config import KVPromptConfig
+
+
+class KVPromptBank(PromptBank):
+    """E2VPT tensors of one adapter.
+
+    * ``prompt_embeddings`` (L, p, d): the deep visual prompts, as VPT;
+    * ``kv_prompts`` (L_kv, T, d), or ``key_prompts`` and ``value_prompts`` when not shared: channel
+      ``h * head_dim + j`` belongs to head ``h``, the split of the attention's own projections;
+    * before pruning, learnable gates ``prompt_token_gates`` (p,) and ``prompt_segment_gates`` (p, R);
+      after pruning, fixed buffers ``prompt_token_mask`` (p,) and ``prompt_segment_mask`` (p, R) of 0/1.
+    The gates/masks multiply the visual prompts after dropout, with the same values at every layer.
+    """
+
+    def __init__(self, config: KVPromptConfig, backbone: Backbone) -> None:
+        super().__init__(config, backbone)
+        if backbone.hidden_size % config.num_segments:
+            raise ValueError(
+                f"num_segments={config.num_segments} must divide the hidden size {backbone.hidden_size}."
+            )
+        kv_layers = config.kv_layers(backbone.num_layers)
+        self.kv_layer_slots = {layer: slot for slot, layer in enumerate(kv_layers)}
+        self.num_kv_prompts = config.num_kv_prompts
+        self.num_segments = config.num_segments
+        self.head_dim = backbone.head_dim
+        shape = (len(kv_layers), config.num_kv_prompts, backbone.hidden_size)
+        names = ("kv_prompts",) if config.share_kv else ("key_prompts", "value_prompts")
+        for name in names:
+            setattr(self, name, nn.Parameter(torch.empty(shape)))
+        self.kv_names = names
+        self.kv_dropout = nn.Dropout(config.kv_dropout)
+        p, r = config.num_prompts, config.num_segments
+        if config.pruned:
+            self.register_buffer("prompt_token_mask", torch.ones(p))
+            self.register_buffer("prompt_segment_mask", torch.ones(p, r))
+        elif config.gates:
+            self.prompt_token_gates = nn.Parameter(torch.ones(p))
+            self.prompt_segment_gates = nn.Parameter(torch.ones(p, r))
+        self.reset_kv_prompts(config)
+        self.initial_values = {name: getattr(self, name).detach().clone() for name in ("prompt_embeddings", *names)}
+        self.register_load_state_dict_pre_hook(self._forget_initial_values)
+
+    def _forget_initial_values(self, *args) -> None:
+        """Loaded tensors did not start from this bank's initial values: rewinding to them would be wrong."""
+        self.initial_values = None
+
+    @torch.no_grad()
+    def reset_kv_prompts(self, config: KVPromptConfig) -> None:
+        for name in self.kv_names:
+            tensor = getattr(self, name)
+            if tensor.is_meta:
+                continue
+            if config.kv_init == "kaiming_uniform":
+                # The official init treats the (heads, T, head_dim) tensor as a weight with fan_in = T * head_dim.
+                bound = math.sqrt(6.0 / max(1, config.num_kv_prompts * self.head_dim))
+                tensor.uniform_(-bound, bound)
+            else:
+                nn.init.trunc_normal_(tensor, std=0.02)
+
+    @property
+    def needs_extra_key_values(self) -> bool:
+        return self.num_kv_prompts > 0 or super().needs_extra_key_values
+
+    def gate_values(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(token, segment) multipliers: learnable gates, fixed masks after pruning, or None."""
+        if hasattr(self, "prompt_token_gates"):
+            return self.prompt_token_gates, self.prompt_segment_gates
+        if hasattr(self, "prompt_token_mask"):
+            return self.prompt_token_mask, self.prompt_segment_mask
+        return None
+
+    def transform(self, prompts: torch.Tensor) -> torch.Tensor:
+        gates = self.gate_values()
+        if gates is None or prompts.shape[1] == 0:
+            return prompts
+        token, segment = gates
+        # Segment j covers the strided channels j, j+R, j+2R, ... (the official tiling), not a block.
+        channels = segment.repeat(1, prompts.shape[-1] // self.num_segments)
+        return prompts * (token[:, None] * channels).to(prompts.dtype)
+
+    def _kv_heads(self, name: str, slot: int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        tensor = getattr(self, name)[slot]
+        if not (self.training and self.kv_dropout.p > 0):
+            batch_size = 1
+        tensor = self.kv_dropout(tensor.unsqueeze(0).expand(batch_size, -1, -1))
+        return split_heads(tensor.to(dtype), self.head_dim)
+
+    def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
+        visual = super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
+        slot = self.kv_layer_slots.get(layer_index)
+        if slot is None or self.num_kv_prompts == 0:
+            return visual
+        key_name, value_name = self.kv_names[0], self.kv_names[-1]
+        # Dropout draws separate masks for the key copy and the value copy, as the official code.
+        kv = ExtraKeyValues(
+            self._kv_heads(key_name, slot, batch_size, dtype), self._kv_heads(value_name, slot, batch_size, dtype)
+        )
+        return kv if visual is None else kv.cat(visual)
+
+
+class KVPromptLayer(PromptAdapterLayer):
+    """Holds each E2VPT adapter's bank under ``kvprompt_prompts.<adapter>``."""
+
+    adapter_layer_names = ("kvprompt_prompts",)
+    bank_cls = KVPromptBank

@@ -1,0 +1,192 @@
+"""E2VPT's efficient prompting: importance scores, token/segment pruning, and rewinding.
+
+The official pipeline trains with learnable gates on the visual prompts, scores each token and each
+segment by the gradient of the loss with respect to its gate over one pass of training data, prunes the
+lowest-scoring ones, then "rewinds" (retrains with the masks fixed). Here pruned tokens are removed from
+the adapter and from the sequence (``prune_mode="remove"``, the speed-up) or zeroed as the official code
+does (``"zero"``); pruned segments are zeroed (a channel subset cannot be removed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..prompt.config import check_choice, check_fraction
+from .config import KVPromptConfig
+from .layer import KVPromptBank, KVPromptLayer
+
+MIN_TOKENS = 1
+MIN_SEGMENTS = 4
+
+
+@dataclass
+class PruningResult:
+    kept_tokens: list[int]
+    segment_mask: torch.Tensor
+    token_scores: torch.Tensor
+    segment_scores: torch.Tensor
+
+    @property
+    def kept_segments(self) -> int:
+        return int(self.segment_mask.sum().item())
+
+
+def _sidecar_and_bank(model: nn.Module, adapter_name: Optional[str]) -> tuple[KVPromptLayer, KVPromptBank, str]:
+    layers = [m for m in model.modules() if isinstance(m, KVPromptLayer)]
+    if not layers:
+        raise ValueError("prune_prompts needs a model made with get_peft_model(..., KVPromptConfig(...)).")
+    sidecar = layers[0]
+    name = adapter_name or sidecar.active_adapters[0]
+    if name not in sidecar.banks:
+        raise ValueError(f"No KV-prompt adapter named {name!r}; available: {list(sidecar.banks)}.")
+    return sidecar, sidecar.banks[name], name
+
+
+def _default_loss(outputs: Any, batch: dict) -> torch.Tensor:
+    if getattr(outputs, "loss", None) is not None:
+        return outputs.loss
+    return F.cross_entropy(outputs.logits, batch["labels"])
+
+
+def importance_scores(
+    model: nn.Module,
+    data: Iterable[dict],
+    *,
+    adapter_name: Optional[str] = None,
+    importance: str = "signed",
+    loss_fn: Callable[[Any, dict], torch.Tensor] = _default_loss,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over batches of dL/d(token gate) and dL/d(segment gate), in eval mode, without updating anything.
+
+    ``importance="signed"`` is the official code's score; ``"abs"`` is the paper's expected |gradient|.
+    """
+    check_choice("importance", importance, ("signed", "abs"))
+    _, bank, _ = _sidecar_and_bank(model, adapter_name)
+    gates = bank.gate_values()
+    if gates is None or not isinstance(gates[0], nn.Parameter):
+        raise ValueError("Importance scores need learnable gates: create the adapter with KVPromptConfig(gates=True).")
+    was_training = model.training
+    model.eval()
+    totals, batches = [torch.zeros_like(g) for g in gates], 0
+    try:
+        for batch in data:
+            loss = loss_fn(model(**batch), batch)
+            grads = torch.autograd.grad(loss, gates)
+            for total, grad in zip(totals, grads):
+                total += grad.abs() if importance == "abs" else grad
+            batches += 1
+    finally:
+        model.train(was_training)
+    if batches == 0:
+        raise ValueError("Pruning needs training data: `data` yielded no batch.")
+    return totals[0] / batches, totals[1] / batches
+
+
+def select_pruning(token_scores: torch.Tensor, segment_scores: torch.Tensor, token_ratio: float, segment_ratio: float) -> PruningResult:
+    """Official selection: prune the int(p * ratio) lowest-scoring tokens (keeping at least 1) and, per kept
+    token, the int(R * ratio) lowest-scoring segments (keeping at least 4)."""
+    p, r = segment_scores.shape
+    n_tokens = min(int(p * token_ratio), max(p - MIN_TOKENS, 0))
+    pruned = set(torch.argsort(token_scores, stable=True)[:n_tokens].tolist())
+    kept = [i for i in range(p) if i not in pruned]
+    n_segments = min(int(r * segment_ratio), r - MIN_SEGMENTS)
+    mask = torch.ones(p, r)
+    for token in range(p):
+        mask[token, torch.argsort(segment_scores[token], stable=True)[:n_segments]] = 0
+    return PruningResult(kept, mask, token_scores, segment_scores)
+
+
+@torch.no_grad()
+def prune_prompts(
+    model: nn.Module,
+    data: Iterable[dict],
+    *,
+    token_ratio: float,
+    segment_ratio: float,
+    adapter_name: Optional[str] = None,
+    importance: str = "signed",
+    rewind: Optional[str] = "initial",
+    loss_fn: Callable[[Any, dict], torch.Tensor] = _default_loss,
+) -> PruningResult:
+    """Score, prune and rewind an E2VPT adapter in place; then train again (a new optimizer/Trainer).
+
+    rewind: ``"initial"`` restores the prompts' initial values and the head's starting weights (the paper),
+    ``"reinit"`` draws fresh random prompts (the official code), ``None`` keeps the trained values.
+    The adapter's config is updated (``num_prompts`` = kept tokens, ``pruned=True``) so that
+    ``save_pretrained`` writes, and ``PeftModel.from_pretrained`` reads, the smaller adapter.
+    """
+    check_fraction("token_ratio", token_ratio, upper_inclusive=False)
+    check_fraction("segment_ratio", segment_ratio, upper_inclusive=False)
+    if rewind not in ("initial", "reinit", None):
+        raise ValueError(f"rewind must be 'initial', 'reinit' or None, got {rewind!r}.")
+    sidecar, bank, name = _sidecar_and_bank(model, adapter_name)
+    peft_config: KVPromptConfig = _peft_config(model, name)
+    if peft_config.pruned:
+        raise ValueError(f"Adapter {name!r} is already pruned.")
+    if rewind == "initial" and bank.initial_values is None:
+        raise ValueError("This adapter was loaded from disk, so its initial values are unknown: use rewind='reinit' or None.")
+    with torch.enable_grad():
+        token_scores, segment_scores = importance_scores(
+            model, data, adapter_name=name, importance=importance, loss_fn=loss_fn
+        )
+    result = select_pruning(token_scores, segment_scores, token_ratio, segment_ratio)
+    _replace_bank(model, sidecar, bank, name, peft_config, result, rewind)
+    return result
+
+
+def _peft_config(model: nn.Module, name: str) -> KVPromptConfig:
+    configs = getattr(model, "peft_config", None)
+    if not configs or name not in configs:
+        raise ValueError("prune_prompts expects the PeftModel returned by get_peft_model.")
+    return configs[name]
+
+
+def _replace_bank(model, sidecar, old: KVPromptBank, name, peft_config, result: PruningResult, rewind) -> None:
+    remove = peft_config.prune_mode == "remove"
+    rows = result.kept_tokens if remove else list(range(old.num_prompts))
+    peft_config.num_prompts = len(rows)
+    peft_config.pruned = True
+    new = KVPromptBank(peft_config, model.base_model._backbone)
+    new.to(old.prompt_embeddings.device)
+    source = old.initial_values if rewind == "initial" else None
+    for tensor_name in ("prompt_embeddings", *old.kv_names):
+        values = getattr(old, tensor_name) if source is None else source[tensor_name]
+        if tensor_name == "prompt_embeddings":
+            values = values[:, rows]
+        if rewind != "reinit":
+            getattr(new, tensor_name).copy_(values)
+    token_mask = torch.ones(old.num_prompts)
+    token_mask[[i for i in range(old.num_prompts) if i not in result.kept_tokens]] = 0
+    new.prompt_token_mask.copy_(token_mask[rows])
+    new.prompt_segment_mask.copy_(result.segment_mask[rows])
+    new.initial_values = {k: getattr(new, k).detach().clone() for k in ("prompt_embeddings", *new.kv_names)}
+    new.train(old.training)
+    sidecar.banks[name] = new
+    sidecar.set_adapter(sidecar.active_adapters)
+    if rewind == "initial":
+        _rewind_heads(model, name)
+
+
+def _rewind_heads(model: nn.Module, name: str) -> None:
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper) and name in module.modules_to_save:
+            module.modules_to_save[name].load_state_dict(module.original_module.state_dict())
+
+
+def effective_prompt_parameters(model: nn.Module, adapter_name: Optional[str] = None) -> int:
+    """Prompt parameters that still matter: kept tokens x kept segments of the visual prompts + key-value prompts."""
+    _, bank, _ = _sidecar_and_bank(model, adapter_name)
+    layers, _, hidden = bank.prompt_embeddings.shape
+    gates = bank.gate_values()
+    if gates is not None and not isinstance(gates[0], nn.Parameter):
+        visual = int((gates[0][:, None] * gates[1]).sum().item()) * (hidden // bank.num_segments) * layers
+    else:
+        visual = bank.prompt_embeddings.numel()
+    return visual + sum(getattr(bank, n).numel() for n in bank.kv_names)
