@@ -1,0 +1,79 @@
+"""Print the backbone support matrix of docs/backbones.md from ``vpt_peft.backbones.BACKBONES``.
+
+Usage (from the repository root)::
+
+    python docs/gen_backbones.py            # print the Markdown table
+    python docs/gen_backbones.py --check    # exit 1 if docs/backbones.md does not contain that exact table
+
+The ``description`` of a :class:`~vpt_peft.BackboneSpec` is read as ``"<model classes>: <notes>"``; a
+description without ``": "`` is all model classes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vpt_peft.backbones import BACKBONES, BackboneSpec
+
+COLUMNS = (
+    "`config.model_type`",
+    "Model classes",
+    "Special tokens before the prompts",
+    "Default heads (`modules_to_save`)",
+    "Embeddings",
+    "Blocks",
+    "Attention (norm in front; key/value projections)",
+    "Final norm",
+    "Notes",
+)
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _special_tokens(spec: BackboneSpec) -> str:
+    n = spec.num_special_tokens
+    if callable(n):
+        return f"computed by `{getattr(n, '__name__', 'callable')}(config)`"
+    return str(n)
+
+
+def row(model_type: str, spec: BackboneSpec) -> list[str]:
+    classes, _, notes = spec.description.partition(": ")
+    return [
+        _code(model_type),
+        classes or "-",
+        _special_tokens(spec),
+        ", ".join(_code(h) for h in spec.heads) or "none",
+        _code(spec.embeddings),
+        _code(spec.layers),
+        f"{_code(spec.attention)} ({_code(spec.attention_norm)}; {_code(spec.k_proj)}, {_code(spec.v_proj)})",
+        _code(spec.final_norm) if spec.final_norm else "none",
+        notes or "-",
+    ]
+
+
+def table() -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for model_type in sorted(BACKBONES):
+        cells = [cell.replace("|", "\\|") for cell in row(model_type, BACKBONES[model_type])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    text = table()
+    if "--check" in argv:
+        page = Path(__file__).with_name("backbones.md").read_text(encoding="utf-8")
+        if text not in page:
+            print("docs/backbones.md is out of date; paste the output of `python docs/gen_backbones.py`.", file=sys.stderr)
+            return 1
+        return 0
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
