@@ -257,3 +257,23 @@ def test_multiple_active_adapters_are_refused(pixels):
     model.base_model.set_adapter(["default", "b"])
     with pytest.raises(ValueError, match="one prompt adapter"):
         model(pixel_values=pixels)
+
+
+def test_projected_prompts_load_under_another_adapter_name(tmp_path, pixels):
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=3, deep=True, prompt_project_dim=8)).eval()
+    want = model(pixels).logits
+    model.save_pretrained(tmp_path)
+    assert any(k.endswith("vpt_prompts.prompt_proj.weight") for k in load_file(tmp_path / "adapter_model.safetensors"))
+    other = PeftModel.from_pretrained(tiny_vit(), tmp_path, adapter_name="task").eval()
+    assert torch.equal(other(pixels).logits, want)
+
+
+def test_auto_model_without_base_path_says_what_to_do(tmp_path):
+    get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=2)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="PeftModel.from_pretrained"):
+        vpt_peft.AutoPeftModelForImageClassification.from_pretrained(tmp_path)
+
+
+def test_kv_path_for_shallow_prompts_is_refused():
+    with pytest.raises(ValueError, match="deep=True"):
+        VisualPromptConfig(prompt_path="kv")

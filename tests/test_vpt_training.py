@@ -102,3 +102,29 @@ def test_trainer_run_learns_and_changes_only_prompts_and_head(tmp_path):
     for name, tensor in base.state_dict().items():
         if name in frozen:
             assert torch.equal(tensor, frozen[name]), name
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_enabled_after_get_peft_model_still_trains_kv_prompts(reentrant, pixels):
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(3)
+        model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True, prompt_dropout=0.0))
+        if checkpointing:
+            model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.train()
+        model(pixels, labels=torch.tensor([0, 2])).loss.backward()
+        grads.append(prompt_param(model).grad)
+    assert grads[1] is not None
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_matches_eager_and_trains(pixels):
+    model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True)).eval()
+    want = model(pixels).logits
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(pixels).logits, want, atol=1e-5, rtol=0)
+    model.train()
+    compiled(pixels, labels=torch.tensor([0, 1])).loss.backward()
+    assert prompt_param(model).grad.abs().sum() > 0

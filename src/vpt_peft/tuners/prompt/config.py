@@ -88,6 +88,8 @@ class PromptConfigBase(PeftConfig):
         check_choice("head_init", self.head_init, HEAD_INITS)
         if isinstance(self.prompt_project_dim, bool) or not isinstance(self.prompt_project_dim, int):
             raise ValueError(f"prompt_project_dim must be an integer (-1 = off), got {self.prompt_project_dim!r}.")
+        if self.prompt_path == "kv" and not self.deep:
+            raise ValueError("prompt_path='kv' applies to deep prompts (shallow prompts flow on through every layer); set deep=True.")
         if self.prompt_layers is not None:
             if not self.deep:
                 raise ValueError("prompt_layers only applies to deep prompts; set deep=True or drop prompt_layers.")

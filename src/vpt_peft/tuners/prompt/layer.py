@@ -216,11 +216,17 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
 
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
         bank = self.active_bank()
-        if bank is None or bank.uses_kv_path or bank.num_prompts == 0:
+        if bank is None:
             return None
+        if bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
+            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
+            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
+            args = (args[0].detach().requires_grad_(), *args[1:])
+        if bank.uses_kv_path or bank.num_prompts == 0:
+            return args, kwargs
         slot = bank.layer_slots.get(index)
         if slot is None:
-            return None
+            return args, kwargs
         hidden = args[0]
         prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype).expand(hidden.shape[0], -1, -1)
         n, p = self.num_special_tokens, bank.num_prompts

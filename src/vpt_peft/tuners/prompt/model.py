@@ -39,11 +39,6 @@ def _check_same_backbone(config: PromptConfigBase, backbone: Backbone) -> None:
         )
 
 
-def _checkpointing_enabled(model: nn.Module) -> bool:
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
-
-
 class PromptTunerModel(BaseTuner):
     """Attach prompt banks to a vision transformer through hooks; the HF modules stay untouched."""
 
@@ -65,6 +60,15 @@ class PromptTunerModel(BaseTuner):
         self._backbone = backbone
         return peft_config
 
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # A bank is a module, so its tensors sit below the adapter name at any depth
+        # (``vpt_prompts.<adapter>.prompt_proj.weight``); peft's default only strips a second-to-last name.
+        marker = f".{cls.tuner_layer_cls.adapter_layer_names[0]}.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, marker.removesuffix(f"{adapter_name}."), 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
     def validate_config(self, peft_config: PromptConfigBase, backbone: Backbone) -> None:
         """Method-specific checks against the backbone (override in a method's tuner)."""
 
@@ -83,10 +87,6 @@ class PromptTunerModel(BaseTuner):
             for module in model.modules():
                 if isinstance(module, PreTrainedModel):
                     ensure_installed(module.config)
-        if _checkpointing_enabled(model):
-            # With reentrant checkpointing and no prompt in the residual stream, the block inputs must
-            # require grad or the key-value prompts get none (see docs/integration.md).
-            model.enable_input_require_grads()
 
     @staticmethod
     def _needs_extra_kv(module: nn.Module, adapter_name: str) -> bool:
