@@ -218,7 +218,8 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         bank = self.active_bank()
         if bank is None:
             return None
-        if bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
+        checkpointed = getattr(module, "gradient_checkpointing", False) and module.training
+        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
             # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
             # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
             args = (args[0].detach().requires_grad_(), *args[1:])
