@@ -3,8 +3,11 @@
 E2VPT's key-value prompts and the deep-prompt fast path both need the same thing: the real tokens'
 queries must attend over ``[K ; K_extra]`` and ``[V ; V_extra]`` while the sequence itself stays as it
 is. Hooks on ``k_proj``/``v_proj`` cannot do it (every HF attention reshapes with the query length), so
-the keys/values travel as a keyword argument of the attention module's call, which HF attention modules
-forward untouched to their attention function. We register one attention function per inner backend
+a pre-hook on the attention module parks the keys/values on that module for the duration of its call
+(:func:`set_extra_key_values`), and the attention function, which HF always calls with the module as its
+first argument, picks them up there. (A keyword argument would be simpler but is not safe: some attention
+modules, SigLIP's for one, drop unknown keyword arguments, which would silently ignore the prompts.)
+We register one attention function per inner backend
 (``"vpt_peft+eager"``, ``"vpt_peft+sdpa"``) with transformers' ``AttentionInterface``; it appends the
 extra keys/values, widens the mask, and calls the backend the model had. With no extra keys/values it is
 a plain pass-through, so a disabled adapter is bit-identical to the base model.
@@ -20,7 +23,7 @@ import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-EXTRA_KV_KWARG = "vpt_peft_extra_kv"
+EXTRA_KV_ATTRIBUTE = "vpt_peft_extra_kv"
 IMPLEMENTATION_PREFIX = "vpt_peft+"
 SUPPORTED_BACKENDS = ("eager", "sdpa")
 
@@ -98,9 +101,14 @@ def _eager_function(module: torch.nn.Module):
     return _EAGER_CACHE[cls]
 
 
+def set_extra_key_values(attention: torch.nn.Module, extra: Optional[ExtraKeyValues]) -> None:
+    """Park ``extra`` on ``attention`` for its next call (``None`` clears it)."""
+    attention.__dict__[EXTRA_KV_ATTRIBUTE] = extra
+
+
 def prompted_attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention over the real keys/values plus the extra ones passed by a vpt_peft hook."""
-    extra: Optional[ExtraKeyValues] = kwargs.pop(EXTRA_KV_KWARG, None)
+    """Attention over the real keys/values plus the extra ones a vpt_peft hook parked on ``module``."""
+    extra: Optional[ExtraKeyValues] = module.__dict__.get(EXTRA_KV_ATTRIBUTE)
     backend = module.config._attn_implementation.removeprefix(IMPLEMENTATION_PREFIX)
     inner = _eager_function(module) if backend == "eager" else ALL_ATTENTION_FUNCTIONS[backend]
     if extra is not None:

@@ -51,6 +51,32 @@ BACKBONES: dict[str, BackboneSpec] = {
         heads=("classifier", "cls_classifier", "distillation_classifier"),
         description="DeiTModel, DeiTForImageClassification(WithTeacher): prompts after CLS and distillation tokens",
     ),
+    "dinov2": BackboneSpec(
+        layers="encoder.layer",
+        attention_norm="norm1",
+        description="Dinov2Model, Dinov2ForImageClassification: the head's patch mean never sees the prompts",
+    ),
+    "dinov2_with_registers": BackboneSpec(
+        layers="encoder.layer",
+        attention_norm="norm1",
+        num_special_tokens=lambda config: 1 + config.num_register_tokens,
+        description="Dinov2WithRegistersModel, ...ForImageClassification: prompts after CLS and the registers",
+    ),
+    "clip_vision_model": BackboneSpec(
+        layers="encoder.layers",
+        attention="self_attn",
+        attention_norm="layer_norm1",
+        final_norm=None,
+        description="CLIPVisionModel(WithProjection), CLIPModel's vision tower: prompts after pre_layrnorm, CLS pooled",
+    ),
+    "siglip_vision_model": BackboneSpec(
+        layers="encoder.layers",
+        attention="self_attn",
+        attention_norm="layer_norm1",
+        num_special_tokens=0,
+        final_norm="post_layernorm",
+        description="SiglipVisionModel, SiglipForImageClassification: no CLS, prompts first, stripped before pooling",
+    ),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ...attention import EXTRA_KV_KWARG, ExtraKeyValues, ensure_installed, split_heads
+from ...attention import EXTRA_KV_ATTRIBUTE, ExtraKeyValues, ensure_installed, set_extra_key_values, split_heads
 from ...backbones import Backbone, _get_path
 from .config import PromptConfigBase
 
@@ -190,6 +190,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             attention.register_forward_pre_hook(
                 functools.partial(self._attention_pre_hook, index, norm), with_kwargs=True
             )
+            attention.register_forward_hook(self._attention_post_hook)
         if spec.final_norm is not None:
             backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
         backbone.module.register_forward_hook(self._backbone_output_hook)
@@ -203,6 +204,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
                 for key in [k for k, hook in hooks.items() if _owned_by(hook, self)]:
                     del hooks[key]
                     with_kwargs.pop(key, None)
+            module.__dict__.pop(EXTRA_KV_ATTRIBUTE, None)
 
     def active_bank(self) -> Optional[PromptBank]:
         if self.disable_adapters:
@@ -245,17 +247,20 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         bank = self.active_bank()
-        if bank is None:
-            return None
-        hidden = args[0] if args else kwargs["hidden_states"]
-        extra = bank.extra_key_values(
-            index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dim
-        )
-        if extra is None:
-            return None
-        ensure_installed(module.config)
-        previous = kwargs.get(EXTRA_KV_KWARG)
-        return args, {**kwargs, EXTRA_KV_KWARG: extra if previous is None else previous.cat(extra)}
+        extra = None
+        if bank is not None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            extra = bank.extra_key_values(
+                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dim
+            )
+        if extra is not None:
+            ensure_installed(module.config)
+        set_extra_key_values(module, extra)
+        return None
+
+    def _attention_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        # Drop the reference so the prompts' graph is not kept alive until the next call.
+        set_extra_key_values(module, None)
 
     def _strip(self, sequence: torch.Tensor, count: int) -> torch.Tensor:
         n = self.num_special_tokens
