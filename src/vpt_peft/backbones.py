@@ -36,6 +36,7 @@ class BackboneSpec:
     v_proj: str = "v_proj"
     num_special_tokens: Union[int, Callable[[object], int]] = 1
     final_norm: Union[str, None] = "layernorm"
+    relative_position_bias: Union[str, None] = None
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
 
@@ -50,6 +51,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         num_special_tokens=2,
         heads=("classifier", "cls_classifier", "distillation_classifier"),
         description="DeiTModel, DeiTForImageClassification(WithTeacher): prompts after CLS and distillation tokens",
+    ),
+    "beit": BackboneSpec(
+        relative_position_bias="relative_position_bias",
+        description="BeitModel, BeitForImageClassification: relative position biases get zero rows/columns for the "
+        "prompts; the mean-pooled head never sees them",
     ),
     "dinov2": BackboneSpec(
         layers="encoder.layer",

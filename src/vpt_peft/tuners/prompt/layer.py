@@ -24,6 +24,7 @@ from torch import nn
 
 from ...attention import EXTRA_KV_ATTRIBUTE, ExtraKeyValues, ensure_installed, set_extra_key_values, split_heads
 from ...backbones import Backbone, _get_path
+from ...tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts
 from .config import PromptConfigBase
 
 
@@ -121,16 +122,19 @@ class PromptBank(nn.Module):
         return ExtraKeyValues(key, value)
 
 
-def _pad_square_mask(mask: Optional[torch.Tensor], at: int, count: int) -> Optional[torch.Tensor]:
-    """Open ``count`` new query/key slots at position ``at`` of a 4-D attention mask (attend everywhere)."""
-    if mask is None or mask.dim() != 4 or count == 0:
+def _open_mask_slots(args: tuple, kwargs: dict, length: int, count: int, at: int) -> tuple[tuple, dict]:
+    """Open prompt slots in a block's attention mask that the model built for ``length`` real tokens."""
+
+    def widen(mask: Any) -> Any:
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] == length:
+            return open_prompt_slots(mask, count, at)
         return mask
-    fill = True if mask.dtype == torch.bool else 0.0
-    b, h, q, k = mask.shape
-    rows = mask.new_full((b, h, count, k), fill)
-    mask = torch.cat([mask[:, :, :at], rows, mask[:, :, at:]], dim=2)
-    cols = mask.new_full((b, h, q + count, count), fill)
-    return torch.cat([mask[..., :at], cols, mask[..., at:]], dim=3)
+
+    if len(args) > 1:
+        return (args[0], widen(args[1]), *args[2:]), kwargs
+    if "attention_mask" in kwargs:
+        kwargs = {**kwargs, "attention_mask": widen(kwargs["attention_mask"])}
+    return args, kwargs
 
 
 def _owned_by(hook: Any, owner: object) -> bool:
@@ -191,6 +195,9 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
                 functools.partial(self._attention_pre_hook, index, norm), with_kwargs=True
             )
             attention.register_forward_hook(self._attention_post_hook)
+            bias = _get_path(layer, spec.relative_position_bias) if spec.relative_position_bias else None
+            if bias is not None:
+                bias.register_forward_hook(functools.partial(self._bias_hook, index))
         if spec.final_norm is not None:
             backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
         backbone.module.register_forward_hook(self._backbone_output_hook)
@@ -225,25 +232,16 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
             # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
             args = (args[0].detach().requires_grad_(), *args[1:])
-        if bank.uses_kv_path or bank.num_prompts == 0:
-            return args, kwargs
-        slot = bank.layer_slots.get(index)
-        if slot is None:
+        p, n = bank.sequence_tokens, self.num_special_tokens
+        if p == 0 or index < bank.first_layer:
             return args, kwargs
         hidden = args[0]
-        prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype).expand(hidden.shape[0], -1, -1)
-        n, p = self.num_special_tokens, bank.num_prompts
-        if index == bank.first_layer:
-            hidden = torch.cat([hidden[:, :n], prompts, hidden[:, n:]], dim=1)
-            if len(args) > 1:
-                args = (hidden, _pad_square_mask(args[1], n, p), *args[2:])
-            else:
-                args = (hidden,)
-                if "attention_mask" in kwargs:
-                    kwargs = {**kwargs, "attention_mask": _pad_square_mask(kwargs["attention_mask"], n, p)}
-        else:
-            args = (torch.cat([hidden[:, :n], prompts, hidden[:, n + p :]], dim=1), *args[1:])
-        return args, kwargs
+        slot = bank.layer_slots.get(index)
+        if slot is not None:
+            prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype)
+            splice = insert_prompts if index == bank.first_layer else replace_prompts
+            hidden = splice(hidden, prompts, at=n)
+        return _open_mask_slots((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         bank = self.active_bank()
@@ -263,8 +261,14 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         set_extra_key_values(module, None)
 
     def _strip(self, sequence: torch.Tensor, count: int) -> torch.Tensor:
-        n = self.num_special_tokens
-        return torch.cat([sequence[:, :n], sequence[:, n + count :]], dim=1)
+        return strip_prompts(sequence, count, at=self.num_special_tokens)
+
+    def _bias_hook(self, index: int, module: nn.Module, args: tuple, bias: torch.Tensor):
+        """Relative position biases are built for the real tokens: prompts get zero bias (no position)."""
+        bank = self.active_bank()
+        if bank is None or bank.sequence_tokens == 0 or index < bank.first_layer:
+            return None
+        return open_prompt_slots(bias, bank.sequence_tokens, at=self.num_special_tokens)
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
         bank = self.active_bank()
