@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/demo.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -1,0 +1,108 @@
+"""The vpt-peft CLI, offline, in-process: a tiny saved ViT, an imagefolder written here, and the built-in digits."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import ViTImageProcessor
+
+from vpt_peft.cli import build_parser, main
+
+from .helpers import tiny_vit
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "tiny-vit"
+    tiny_vit(num_labels=2).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 4)):
+        for label, colour in (("dark", 40), ("light", 210)):
+            folder = root / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(colour + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root, model_dir
+
+
+def _one_line_error(capsys, argv, code):
+    """Usage errors exit (argparse, status 2); runtime errors return 1. Either way: one line on stderr."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.match(r"vpt-peft( \w+)?: error: ", err) and "Traceback" not in err
+    return err
+
+
+def test_train_eval_predict_info_resume(workspace, capsys):
+    root, model_dir = workspace
+    out = root / "run"
+    common = ["train", "--model", str(model_dir), "--dataset", str(root / "images"), "--method", "vpt-deep",
+              "--num-prompts", "3", "--output", str(out), "--batch-size", "4", "--lr", "10", "--warmup-epochs", "0"]
+    assert main([*common, "--max-steps", "2"]) == 0
+    assert (out / "adapter_model.safetensors").exists() and (out / "preprocessor_config.json").exists()
+    assert json.loads((out / "labels.json").read_text())["labels"] == ["dark", "light"]
+    assert any(p.name == "checkpoint-2" for p in out.iterdir())
+    assert main([*common, "--max-steps", "3", "--resume"]) == 0  # continues from checkpoint-2
+    assert any(p.name == "checkpoint-3" for p in out.iterdir())
+    capsys.readouterr()
+
+    assert main(["eval", str(out), "--dataset", str(root / "images")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["examples"] == 8 and 0 <= result["accuracy"] <= 1
+
+    image = root / "images" / "test" / "light" / "0.png"
+    assert main(["predict", str(out), str(image), "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(str(image)) and "dark" in line and "light" in line
+
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "VisualPromptConfig" in text and str(model_dir) in text and "num_prompts=3" in text and "labels (2)" in text
+
+
+def test_digits_dataset_with_e2vpt(workspace, tmp_path):
+    _, model_dir = workspace
+    out = tmp_path / "digits"
+    argv = ["train", "--model", str(model_dir), "--dataset", "digits:loops", "--method", "e2vpt", "--num-prompts", "2",
+            "--num-kv-prompts", "1", "--output", str(out), "--max-steps", "1", "--batch-size", "8"]
+    assert main(argv) == 0
+    assert json.loads((out / "labels.json").read_text())["labels"] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["train", "--model", "m", "--dataset", "d", "--method", "lora", "--output", "o"], 2),
+    (["train", "--dataset", "d", "--output", "o"], 2),
+    (["frobnicate"], 2),
+    (["info", "no/such/adapter"], 1),
+    (["predict", "no/such/adapter", "missing.png"], 1),
+])
+def test_bad_arguments_give_one_line_errors(capsys, argv, code):
+    _one_line_error(capsys, argv, code)
+
+
+def test_option_that_does_not_fit_the_method(workspace, capsys, tmp_path):
+    _, model_dir = workspace
+    err = _one_line_error(capsys, ["train", "--model", str(model_dir), "--dataset", "digits", "--method", "vpt-deep",
+                                   "--fourier-ratio", "0.5", "--output", str(tmp_path)], 1)
+    assert "--fourier-ratio only applies to --method vfpt" in err
+
+
+def test_dpt_listed_only_when_the_library_has_it(capsys):
+    import vpt_peft
+
+    help_text = build_parser().format_help() + build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert ("dpt" in help_text.split("--method")[1].split("\n")[0]) == hasattr(vpt_peft, "DualPromptConfig")
+    if not hasattr(vpt_peft, "DualPromptConfig"):
+        err = _one_line_error(capsys, ["train", "--model", "m", "--dataset", "d", "--method", "dpt", "--output", "o"], 2)
+        assert "DualPromptConfig" in err
