@@ -47,12 +47,12 @@ def test_accuracy_plot(tmp_path):
 
 
 def test_digits_tasks_are_shifted_seeded_and_disjoint_from_pretraining():
-    (x, y), (tx, ty), task = digits_task("loops", size=16, train_size=100)
+    (x, y), _, task = digits_task("loops", size=16, train_size=100)
     assert x.shape == (100, 3, 16, 16) and task.num_labels == 3 and set(y.tolist()) <= {0, 1, 2}
     assert x.min() >= -1 and x.max() <= 1
     (x2, y2), _, _ = digits_task("loops", size=16, train_size=100)
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    (ox, oy), _, _ = digits_task("orientation", size=16, train_size=100)
+    (_, oy), _, _ = digits_task("orientation", size=16, train_size=100)
     assert set(oy.tolist()) == {0, 1, 2, 3}
     (ix, _), _, _ = digits_task("inverted", size=16, train_size=100)
     assert torch.allclose(ix.mean(), -x.mean(), atol=0.2)  # inverted: mostly bright where the digits were dark

@@ -17,6 +17,8 @@ from typing import Any, NoReturn, Optional, Sequence
 
 import vpt_peft
 
+from . import recipes
+
 LABELS_FILE = "labels.json"
 
 
@@ -24,12 +26,18 @@ class CLIError(Exception):
     """A user-facing problem: printed as one line, exit status 1."""
 
 
-def _methods() -> dict[str, str]:
-    methods = {"vpt-deep": "VisualPromptConfig", "vpt-shallow": "VisualPromptConfig", "vfpt": "FourierPromptConfig",
-               "e2vpt": "KVPromptConfig"}
-    if hasattr(vpt_peft, "DualPromptConfig"):
-        methods["dpt"] = "DualPromptConfig"
-    return methods
+def _methods() -> tuple[str, ...]:
+    """The --method choices; ``dpt`` only once the installed vpt_peft has ``DualPromptConfig``."""
+    return recipes.METHODS + (("dpt",) if hasattr(vpt_peft, "DualPromptConfig") else ())
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one and the help text does not already explain it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,13 +54,15 @@ def _method(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vpt-peft", description=__doc__.split("\n\n")[0].strip("`"),
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog="vpt-peft", description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT).",
+                     formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"vpt-peft {vpt_peft.__version__}")
+    parser.epilog = ("example: vpt-peft train --model google/vit-base-patch16-224-in21k --dataset ./images "
+                     "--method vpt-deep --output runs/vpt; then eval/predict/info runs/vpt")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info}")
 
     train = sub.add_parser("train", help="adapt a frozen model to a dataset with the HF Trainer",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_Formatter)
     train.add_argument("--model", required=True, help="Hub id or local folder of an image-classification model")
     train.add_argument("--dataset", required=True,
                        help="Hub id, a local image folder (class sub-folders), or 'digits[:task]' (built in, offline)")
@@ -74,18 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42, help="random seed")
 
     evaluate = sub.add_parser("eval", help="accuracy of a trained adapter on a dataset split",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_Formatter)
     evaluate.add_argument("adapter", type=Path, help="folder written by 'vpt-peft train'")
     evaluate.add_argument("--dataset", required=True, help="as for train")
     evaluate.add_argument("--split", help="split to score (default: as train's evaluation split)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="batch size")
 
-    predict = sub.add_parser("predict", help="top-k labels for image files", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    predict = sub.add_parser("predict", help="top-k labels for image files", formatter_class=_Formatter)
     predict.add_argument("adapter", type=Path, help="folder written by 'vpt-peft train'")
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--top-k", type=int, default=1, help="labels to show per image")
 
-    info = sub.add_parser("info", help="method, base model, sizes of an adapter")
+    info = sub.add_parser("info", help="method, base model, sizes of an adapter", formatter_class=_Formatter)
     info.add_argument("adapter", type=Path, help="an adapter folder (any vpt_peft method)")
     return parser
 

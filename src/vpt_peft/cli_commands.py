@@ -71,7 +71,7 @@ def train(args: argparse.Namespace) -> None:
         output_dir=str(args.output), per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         num_train_epochs=args.epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, seed=args.seed, report_to="none",
-        remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
+        remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0, ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
     )
     if args.max_steps > 0:  # a step budget: one checkpoint at the end, evaluated once after training

@@ -84,10 +84,10 @@ def attention_maps(model: nn.Module, pixel_values: torch.Tensor, num_special_tok
     cls_maps, prompt_maps, shares = [], [], []
     for weights in outputs.attentions:
         weights = weights[0].float().mean(0)  # (S_q, S_k), averaged over heads
-        queries, keys = weights.shape
+        queries = weights.shape[0]
         patches = _num_patches(pixel_values, model)
         prompts = queries - n - patches  # tokens in the sequence that are neither special nor patches
-        grid = int(math.isqrt(patches))
+        grid = math.isqrt(patches)
         patch_cols = slice(n + prompts, n + prompts + patches)
         cls_maps.append(weights[0, patch_cols].reshape(grid, grid))
         prompt_maps.append(weights[n : n + prompts, patch_cols].mean(0).reshape(grid, grid) if prompts else None)
