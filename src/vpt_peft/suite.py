@@ -83,9 +83,9 @@ def run_method(
 def _check_reload(model: nn.Module, folder: Path, backbone_dir: Path, num_labels: int, test: Tensors, full: bool) -> None:
     """Load the saved result onto a fresh backbone and require bit-identical logits on the test images."""
     if full:
-        from transformers import ViTForImageClassification
+        from transformers import AutoModelForImageClassification
 
-        reloaded = ViTForImageClassification.from_pretrained(folder)
+        reloaded = AutoModelForImageClassification.from_pretrained(folder)
     else:
         reloaded = PeftModel.from_pretrained(fresh_backbone(backbone_dir, num_labels, seed=12345), folder)
     reloaded.eval()

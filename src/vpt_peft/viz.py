@@ -73,21 +73,27 @@ def _sequence_path_and_eager(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def attention_maps(model: nn.Module, pixel_values: torch.Tensor, num_special_tokens: int = 1) -> AttentionMaps:
+def attention_maps(model: nn.Module, pixel_values: torch.Tensor) -> AttentionMaps:
     """Attention of CLS (and of the prompt tokens) over the patches, per layer, for the first image."""
+    backbone = find_backbone(model)
+    n = backbone.num_special_tokens
+    if n == 0 or not backbone.spec.prompts_in_sequence:
+        raise ValueError(f"Attention maps from CLS need a global-attention backbone with a CLS token; "
+                         f"{backbone.model_type} has none.")
+    config = backbone.module.config
+    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+    patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
+    grid = math.isqrt(patches)
     was_training = model.training
     model.eval()
     with _sequence_path_and_eager(model):
         outputs = model(pixel_values=pixel_values[:1], output_attentions=True)
     model.train(was_training)
-    n = num_special_tokens
     cls_maps, prompt_maps, shares = [], [], []
     for weights in outputs.attentions:
         weights = weights[0].float().mean(0)  # (S_q, S_k), averaged over heads
         queries = weights.shape[0]
-        patches = _num_patches(pixel_values, model)
         prompts = queries - n - patches  # tokens in the sequence that are neither special nor patches
-        grid = math.isqrt(patches)
         patch_cols = slice(n + prompts, n + prompts + patches)
         cls_maps.append(weights[0, patch_cols].reshape(grid, grid))
         prompt_maps.append(weights[n : n + prompts, patch_cols].mean(0).reshape(grid, grid) if prompts else None)
@@ -95,19 +101,12 @@ def attention_maps(model: nn.Module, pixel_values: torch.Tensor, num_special_tok
     return AttentionMaps(torch.stack(cls_maps), prompt_maps, torch.stack(shares))
 
 
-def _num_patches(pixel_values: torch.Tensor, model: nn.Module) -> int:
-    config = next(m.config for m in model.modules() if isinstance(m, PreTrainedModel))
-    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
-    return (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
-
-
 def save_attention_maps(
-    model: nn.Module, pixel_values: torch.Tensor, path: Union[str, Path], title: str = "",
-    num_special_tokens: int = 1,
+    model: nn.Module, pixel_values: torch.Tensor, path: Union[str, Path], title: str = ""
 ) -> AttentionMaps:
     """Write a PNG: the image, then per layer CLS's map (top row) and the prompts' mean map (bottom row)."""
     plt = _pyplot()
-    maps = attention_maps(model, pixel_values, num_special_tokens)
+    maps = attention_maps(model, pixel_values)
     has_prompts = any(m is not None for m in maps.prompts)
     rows, cols = (2 if has_prompts else 1), maps.num_layers + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.9 * rows), squeeze=False)
