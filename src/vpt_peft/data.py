@@ -110,8 +110,11 @@ def digits_dataset(name: str = "plain", size: int = 32, seed: int = 0):
     features = Features({"image": Image(), "label": ClassLabel(num_classes=task.num_labels)})
 
     def split(pixels: torch.Tensor, labels: torch.Tensor):
+        from PIL import Image as PILImage
+
         rgb = ((pixels * DEFAULT_STD[0] + DEFAULT_MEAN[0]) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        return Dataset.from_dict({"image": list(rgb), "label": labels.tolist()}, features=features)
+        images = [PILImage.fromarray(array) for array in rgb]
+        return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
     return DatasetDict(train=split(*train), test=split(*test))
 
