@@ -110,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CLIError as error:
         print(f"vpt-peft: error: {error}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"vpt-peft: error: {type(error).__name__}: {first}", file=sys.stderr)
         return 1
