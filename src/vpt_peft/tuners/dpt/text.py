@@ -82,6 +82,8 @@ class TextPromptBank(nn.Module):
     @torch.no_grad()
     def reset(self, tokens: dict, token_embedding: nn.Embedding) -> None:
         device = token_embedding.weight.device
+        if device.type == "meta":
+            return
         self.class_token_ids.copy_(tokens["class_token_ids"].to(device))
         self.template_token_ids.copy_(tokens["template_token_ids"].to(device))
         if self.ctx is None or self.ctx.is_meta:
