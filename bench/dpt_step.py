@@ -24,16 +24,23 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+from common import (
+    Variant,
+    describe_environment,
+    markdown_table,
+    mib,
+    paired_ratios,
+    setup,
+    step_memory,
+    time_round_robin,
+)
 from peft import get_peft_model
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
-from common import Variant, describe_environment, markdown_table, mib, paired_ratios, setup, step_memory, time_round_robin
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from tests.clip_helpers import CLASSES, tiny_tokenizer  # noqa: E402
-
-from vpt_peft import DualPromptConfig  # noqa: E402
+from tests.clip_helpers import CLASSES, tiny_tokenizer
+from vpt_peft import DualPromptConfig
 
 SMALL = dict(
     text_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),

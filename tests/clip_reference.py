@@ -24,7 +24,7 @@ def _quick_gelu(x):
 def _attention(attn, h, heads, extra=None, causal=False):
     B, S, d = h.shape
     hd = d // heads
-    split = lambda t: t.view(B, -1, heads, hd).transpose(1, 2)  # noqa: E731
+    split = lambda t: t.view(B, -1, heads, hd).transpose(1, 2)
     q, k, v = split(_lin(h, attn.q_proj)), split(_lin(h, attn.k_proj)), split(_lin(h, attn.v_proj))
     if extra is not None:
         k = torch.cat([k, split(_lin(extra, attn.k_proj))], dim=2)

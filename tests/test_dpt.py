@@ -7,9 +7,13 @@ import copy
 import datasets
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
-from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification
+from transformers import (
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 from vpt_peft import (
     AdapterMismatchError,
@@ -111,7 +115,7 @@ def test_prompt_paths_give_the_same_logits_and_gradients(tokenizer, images):
     for model in (kv, seq):
         model(pixel_values=images, labels=labels).loss.backward()
     torch.testing.assert_close(seq(pixel_values=images).logits, kv(pixel_values=images).logits, atol=1e-5, rtol=0)
-    grads = lambda m: {n: p.grad for n, p in m.named_parameters() if p.grad is not None}  # noqa: E731
+    grads = lambda m: {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
     for (name, a), b in zip(grads(kv).items(), grads(seq).values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -148,7 +152,7 @@ def pixel_dataset(n=16):
 
 
 def test_trainer_trains_only_prompts_and_follows_the_epoch(tokenizer, tmp_path):
-    base, model = dpt(tokenizer, zs_warmup_epochs=1)
+    _, model = dpt(tokenizer, zs_warmup_epochs=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=2,
                              remove_unused_columns=False, report_to=[], use_cpu=True, logging_steps=1,
@@ -241,3 +245,21 @@ def test_few_shot_subset_is_seeded_and_balanced():
     assert len(few_shot_subset(data, shots=20)) == 41  # classes with fewer examples keep them all
     with pytest.raises(ValueError, match="shots"):
         few_shot_subset(data, shots=0)
+
+
+def test_scheduler_follows_dassl_warmup_then_cosine(tokenizer):
+    import math
+
+    from vpt_peft import dual_prompt_scheduler
+
+    _, model = dpt(tokenizer)
+    optimizer = dual_prompt_optimizer(model)
+    scheduler = dual_prompt_scheduler(optimizer, epochs=20, steps_per_epoch=2)
+    lrs = []
+    for _ in range(40):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx([1e-5, 1e-5]) and lrs[19] == pytest.approx([1e-5, 0.002 * 0.5 * (1 + math.cos(math.pi * 8 / 20))])
+    assert lrs[20] == pytest.approx([0.01, 0.002 * 0.5 * (1 + math.cos(math.pi * 9 / 20))]) and lrs[21] == lrs[20]
+    assert lrs[2][1] == pytest.approx(0.002)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 from peft.config import PeftConfig
 
@@ -26,7 +26,7 @@ class DualPromptConfig(PeftConfig):
     classifier is the frozen template text), ``use_cavpt=False`` is VLP (CoOp + VPT-deep).
     """
 
-    class_names: Optional[list[str]] = field(
+    class_names: list[str] | None = field(
         default=None, metadata={"help": "The class names, in label order (required). '_' is read as a space."}
     )
     text_n_ctx: int = field(default=16, metadata={"help": "Learnable text context vectors (CoOp N_CTX); 0 = frozen template text."})
@@ -38,7 +38,7 @@ class DualPromptConfig(PeftConfig):
     )
     visual_n_ctx: int = field(default=10, metadata={"help": "Deep visual prompts per layer below the CAVPT layers (VPT.N_CTX)."})
     use_cavpt: bool = field(default=True, metadata={"help": "Class-aware visual prompts in the top layers; False = VLP (prompts in every layer)."})
-    cavpt_start_layer: Optional[int] = field(
+    cavpt_start_layer: int | None = field(
         default=None,
         metadata={
             "help": "1-based first CAVPT layer (BOTTOMLIMIT): CAVPT in layers start..N, visual prompts in 1..start-1. "
@@ -56,19 +56,19 @@ class DualPromptConfig(PeftConfig):
         metadata={"help": "'kv' (= 'auto'): prompts enter attention as extra keys/values (exact); 'sequence': appended tokens."},
     )
     backbone_eval_mode: bool = field(default=True, metadata={"help": "Keep frozen CLIP in eval mode while prompts train."})
-    tokenizer_name_or_path: Optional[str] = field(
+    tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "CLIPTokenizer to load when no `tokenizer` is given; None = the base model's path."}
     )
-    tokenizer: Optional[Any] = field(
+    tokenizer: Any | None = field(
         default=None, metadata={"help": "A CLIPTokenizer used once at creation (runtime only, never saved)."}
     )
-    text_length: Optional[int] = field(
+    text_length: int | None = field(
         default=None, metadata={"help": "Filled in automatically: token length the class prompts are padded to."}
     )
-    target_modules: Optional[Union[str, list[str]]] = field(
+    target_modules: str | list[str] | None = field(
         default=None, metadata={"help": "Filled in automatically: CLIP's text and vision embeddings."}
     )
-    backbone: Optional[dict] = field(
+    backbone: dict | None = field(
         default=None, metadata={"help": "Filled in automatically: vision model_type and sizes, checked when loading."}
     )
 

@@ -11,8 +11,9 @@ top-K classes, which the tuner hands over (``queries``) before the vision pass.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ class DualPromptVisionBank(PromptBank):
         )
         self.num_class_tokens = min(config.cavpt_num_tokens, config.num_classes)
         # Per-call state, set by the tuner and the layer hooks, cleared after each forward.
-        self.queries: Optional[torch.Tensor] = None
+        self.queries: torch.Tensor | None = None
         self.class_tokens: dict[int, torch.Tensor] = {}
         self.aux_logits: dict[int, torch.Tensor] = {}
 
@@ -71,7 +72,7 @@ class DualPromptVisionBank(PromptBank):
         self.queries = None
         self.class_tokens, self.aux_logits = {}, {}
 
-    def layer_tokens(self, index: int, hidden: torch.Tensor) -> Optional[torch.Tensor]:
+    def layer_tokens(self, index: int, hidden: torch.Tensor) -> torch.Tensor | None:
         """The prompts of layer ``index`` for this batch: ``(1 or B, n, d)``, or None."""
         slot = self.cavpt_slots.get(index)
         if slot is not None:
@@ -114,7 +115,7 @@ class DualPromptVisionLayer(PromptAdapterLayer):
     def make_bank(self, config: DualPromptConfig, backbone: Backbone) -> DualPromptVisionBank:
         return DualPromptVisionBank(config, backbone, self.text_dim)
 
-    def active_bank(self) -> Optional[DualPromptVisionBank]:
+    def active_bank(self) -> DualPromptVisionBank | None:
         return None if self.bypass else super().active_bank()
 
     @contextmanager

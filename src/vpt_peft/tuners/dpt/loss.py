@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +22,14 @@ class DualPromptOutput(ModelOutput):
     ``top_k`` (B, K): the classes picked by zero-shot CLIP whose text features queried CAVPT.
     """
 
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    coop_logits: Optional[torch.Tensor] = None
-    vpt_logits: Optional[torch.Tensor] = None
-    aux_logits: Optional[tuple[torch.Tensor, ...]] = None
-    top_k: Optional[torch.Tensor] = None
-    image_embeds: Optional[torch.Tensor] = None
-    text_embeds: Optional[torch.Tensor] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    coop_logits: torch.Tensor | None = None
+    vpt_logits: torch.Tensor | None = None
+    aux_logits: tuple[torch.Tensor, ...] | None = None
+    top_k: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
 
 
 def in_warmup(config: DualPromptConfig, epoch: int) -> bool:
@@ -55,7 +54,7 @@ def dual_prompt_loss(output: DualPromptOutput, labels: torch.Tensor, config: Dua
     Warm-up (``epoch < zs_warmup_epochs``): CE(coop) + CE(vpt) + beta * CE(logits); after: CE(logits).
     Always + alpha * the auxiliary CAVPT loss.
     """
-    ce = lambda logits: F.cross_entropy(logits.float(), labels)  # noqa: E731
+    ce = lambda logits: F.cross_entropy(logits.float(), labels)
     if in_warmup(config, epoch):
         if output.coop_logits is None or output.vpt_logits is None:
             raise ValueError("The warm-up loss needs the zero-shot branches; they are computed when labels are given.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -54,11 +54,11 @@ def _load_tokenizer(config: DualPromptConfig) -> Any:
 class _CallState:
     """What the pre-hook computed for the call in flight."""
 
-    labels: Optional[torch.Tensor]
+    labels: torch.Tensor | None
     text_features: torch.Tensor
-    coop_logits: Optional[torch.Tensor] = None
-    template_features: Optional[torch.Tensor] = None
-    top_k: Optional[torch.Tensor] = None
+    coop_logits: torch.Tensor | None = None
+    template_features: torch.Tensor | None = None
+    top_k: torch.Tensor | None = None
 
 
 class DualPromptModel(PromptTunerModel):
@@ -164,7 +164,7 @@ class DualPromptModel(PromptTunerModel):
         return args, {**kwargs, "input_ids": dummy, "attention_mask": None, "position_ids": None, "return_loss": False}
 
     def _clip_post_hook(self, clip: CLIPModel, args: tuple, kwargs: dict, output: Any):
-        state: Optional[_CallState] = self.__dict__.pop("_call_state", None)
+        state: _CallState | None = self.__dict__.pop("_call_state", None)
         if state is None:
             return None
         vision_bank = self._sidecars()[1].active_bank()
@@ -187,7 +187,7 @@ class DualPromptModel(PromptTunerModel):
         return result
 
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
-                                     adapter_names: Optional[list[str]] = None):
+                                     adapter_names: list[str] | None = None):
         if not merge:
             text_layer = self._sidecars()[0]
             remove_owned_hooks(text_layer, self.model)

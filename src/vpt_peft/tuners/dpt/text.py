@@ -9,8 +9,9 @@ the adapter, so a saved adapter reloads without the tokenizer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -64,7 +65,7 @@ def tokenize_class_prompts(tokenizer: Any, config: DualPromptConfig, max_length:
 class TextPromptBank(nn.Module):
     """One adapter's text side: ``ctx`` (n_ctx, d), or (C, n_ctx, d) with ``csc``, and the prompts' token ids."""
 
-    def __init__(self, config: DualPromptConfig, token_embedding: nn.Embedding, tokens: Optional[dict]) -> None:
+    def __init__(self, config: DualPromptConfig, token_embedding: nn.Embedding, tokens: dict | None) -> None:
         super().__init__()
         shape = (config.num_classes, config.text_length)
         self.register_buffer("class_token_ids", torch.zeros(shape, dtype=torch.long))
@@ -74,7 +75,7 @@ class TextPromptBank(nn.Module):
             width = token_embedding.embedding_dim
             ctx_shape = (config.num_classes, config.text_n_ctx, width) if config.csc else (config.text_n_ctx, width)
             self.ctx = nn.Parameter(torch.empty(ctx_shape, device=token_embedding.weight.device))
-        self.template_cache: Optional[torch.Tensor] = None
+        self.template_cache: torch.Tensor | None = None
         self.register_load_state_dict_pre_hook(self._check_loaded_shapes)
         if tokens is not None:
             self.reset(tokens, token_embedding)
@@ -120,10 +121,10 @@ class DualPromptTextLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = "default"
         self.kwargs: dict = {}
         self.dpt_text = nn.ModuleDict()
-        self._splicing: Optional[TextPromptBank] = None
+        self._splicing: TextPromptBank | None = None
 
     def update_layer(self, adapter_name: str, config: DualPromptConfig, token_embedding: nn.Embedding,
-                     tokens: Optional[dict]) -> None:
+                     tokens: dict | None) -> None:
         self.dpt_text[adapter_name] = TextPromptBank(config, token_embedding, tokens)
         self.set_adapter(self.active_adapters)
 
@@ -136,10 +137,10 @@ class DualPromptTextLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         return None
 
-    def active_bank(self) -> Optional[TextPromptBank]:
+    def active_bank(self) -> TextPromptBank | None:
         if self.disable_adapters or not self.active_adapters:
             return None
-        return self.dpt_text[self.active_adapters[0]] if self.active_adapters[0] in self.dpt_text else None
+        return self.dpt_text[self.active_adapters[0]] if self.active_adapters[0] in self.dpt_text else None  # noqa: SIM401 (ModuleDict has no .get)
 
     @contextmanager
     def splicing(self, bank: TextPromptBank) -> Iterator[None]:
@@ -150,7 +151,7 @@ class DualPromptTextLayer(nn.Module, BaseTunerLayer):
         finally:
             self._splicing = None
 
-    def token_embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> Optional[torch.Tensor]:
+    def token_embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         bank = self._splicing
         if bank is None:
             return None
