@@ -263,3 +263,20 @@ def test_scheduler_follows_dassl_warmup_then_cosine(tokenizer):
     assert lrs[0] == pytest.approx([1e-5, 1e-5]) and lrs[19] == pytest.approx([1e-5, 0.002 * 0.5 * (1 + math.cos(math.pi * 8 / 20))])
     assert lrs[20] == pytest.approx([0.01, 0.002 * 0.5 * (1 + math.cos(math.pi * 9 / 20))]) and lrs[21] == lrs[20]
     assert lrs[2][1] == pytest.approx(0.002)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, images):
+    _, plain = dpt(tokenizer)
+    _, checkpointed = dpt(tokenizer)
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    labels = torch.tensor([0, 1, 2, 3])
+    for model in (plain.train(), checkpointed.train()):
+        model(pixel_values=images, labels=labels).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+    checkpointed.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="non-reentrant"):
+        checkpointed(pixel_values=images, labels=labels)

@@ -50,7 +50,7 @@ class DualPromptVisionBank(PromptBank):
             for _ in cavpt_layers
         )
         self.num_class_tokens = min(config.cavpt_num_tokens, config.num_classes)
-        # Per-call state, set by the tuner and the layer hooks, cleared after each forward.
+        # Per-call state, set by the tuner and the layer hooks, reset at the start of each call.
         self.queries: torch.Tensor | None = None
         self.class_tokens: dict[int, torch.Tensor] = {}
         self.aux_logits: dict[int, torch.Tensor] = {}

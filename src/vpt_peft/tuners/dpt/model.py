@@ -50,6 +50,18 @@ def _load_tokenizer(config: DualPromptConfig) -> Any:
     return CLIPTokenizer.from_pretrained(name)
 
 
+def _check_checkpointing(vision_layers: nn.ModuleList) -> None:
+    """CAVPT queries come from outside the checkpointed blocks, which reentrant checkpointing cannot differentiate."""
+    for layer in vision_layers:
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        if layer.training and getattr(layer, "gradient_checkpointing", False) and func is not None:
+            if getattr(func, "keywords", {}).get("use_reentrant", True):
+                raise ValueError(
+                    "CAVPT needs non-reentrant gradient checkpointing: gradient_checkpointing_enable("
+                    "gradient_checkpointing_kwargs={'use_reentrant': False}) (or use_cavpt=False)."
+                )
+
+
 @dataclass
 class _CallState:
     """What the pre-hook computed for the call in flight."""
@@ -142,6 +154,9 @@ class DualPromptModel(PromptTunerModel):
                              "model(pixel_values=..., labels=...) with keyword arguments and no input_ids; use "
                              "`with model.disable_adapter():` for plain CLIP.")
         config = self.peft_config[self.active_adapters[0]]
+        vision_bank.clear()
+        if vision_bank.cavpt_slots and torch.is_grad_enabled():
+            _check_checkpointing(self._backbone.layers)
         labels = kwargs.pop("labels", None)
         pixel_values = kwargs["pixel_values"]
         state = _CallState(labels=labels, text_features=text_layer.class_features(clip, text_bank))
@@ -168,8 +183,8 @@ class DualPromptModel(PromptTunerModel):
         if state is None:
             return None
         vision_bank = self._sidecars()[1].active_bank()
+        # The bank keeps this call's queries until the next call: checkpointed layers recompute CAVPT in backward.
         aux = tuple(vision_bank.aux_logits[i] for i in sorted(vision_bank.aux_logits)) or None
-        vision_bank.clear()
         scale = clip.logit_scale.exp()
         image, text = output.image_embeds, _normalize(state.text_features)
         result = DualPromptOutput(
