@@ -197,3 +197,13 @@ def test_unsupported_models_name_the_supported_families(model):
         get_peft_model(model, VisualPromptConfig(num_prompts=2))
     assert "register_backbone" in str(error.value)
     assert not any("prompt_adapter" in name for name, _ in model.named_modules())
+
+
+def test_docs_support_matrix_is_generated_from_the_table():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "gen_backbones.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
