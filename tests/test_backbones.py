@@ -207,3 +207,24 @@ def test_docs_support_matrix_is_generated_from_the_table():
     script = Path(__file__).resolve().parents[1] / "docs" / "gen_backbones.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_clip_model_prompts_its_vision_tower_only(pixels):
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from .backbone_cases import TINY
+
+    def clip():
+        torch.manual_seed(0)
+        text = CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+        return CLIPModel(CLIPConfig(vision_config=CLIPVisionConfig(**TINY).to_dict(), text_config=text.to_dict())).eval()
+
+    ids = torch.tensor([[49406, 5, 6, 49407]])
+    with torch.no_grad():
+        base = clip()
+        want_image, want_text = base.get_image_features(pixel_values=pixels), base.get_text_features(input_ids=ids)
+        model = get_peft_model(clip(), VisualPromptConfig(num_prompts=3, deep=True)).eval()
+        image, text = model.get_image_features(pixel_values=pixels), model.get_text_features(input_ids=ids)
+    assert all("vision_model" in n for n, _ in model.named_modules() if n.endswith("prompt_adapter"))
+    assert not torch.allclose(image.pooler_output, want_image.pooler_output)
+    assert torch.equal(text.pooler_output, want_text.pooler_output)
