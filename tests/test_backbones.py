@@ -120,17 +120,25 @@ def test_vit_like_backbones_match_an_independent_reference(case: BackboneCase, m
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["vpt-deep", "e2vpt"])
+@pytest.mark.parametrize("method", ["vpt-deep", "vfpt", "e2vpt"])
 @pytest.mark.parametrize("case", [c for c in CASES if c.in_sequence], ids=lambda c: c.name)
 def test_key_value_path_equals_the_sequence_path(case: BackboneCase, method: str, pixels):
-    outputs = []
+    """Same outputs and same prompt gradients: the fast path is exact, not an approximation."""
+    outputs, grads = [], []
     for path in ("kv", "sequence"):
         config = METHODS[method]()
         config.prompt_path = path
         torch.manual_seed(1)
-        outputs.append(_run(get_peft_model(build(case), config).eval(), pixels))
+        model = get_peft_model(build(case), config).eval()
+        out = _tensors(model(pixel_values=pixels))
+        next(iter(out.values())).pow(2).sum().backward()
+        outputs.append({k: v.detach() for k, v in out.items()})
+        grads.append({n: p.grad for n, p in model.named_parameters() if "prompt_adapter" in n and p.grad is not None})
     for key in outputs[0]:
         torch.testing.assert_close(outputs[0][key], outputs[1][key], atol=1e-5, rtol=0)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("beit", "swin")], ids=lambda c: c.name)
