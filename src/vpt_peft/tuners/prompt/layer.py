@@ -37,31 +37,73 @@ def kv_path_is_exact(layers: list[int], num_layers: int) -> bool:
     return layers == list(range(layers[0], num_layers))
 
 
+Slot = tuple[str, int]
+
+
+def stacked_slots(layers: list[int], widths: list[int], name: str) -> dict[int, Slot]:
+    """Where each layer's tensor lives: ``{layer: (tensor name, row)}``, one stacked tensor per width.
+
+    A backbone of one width (every ViT-like family) gets a single tensor called ``name``, row ``j`` for the
+    ``j``-th listed layer. Backbones whose width changes with depth (Swin's stages) get one tensor per
+    width, ``stage{k}_{name}``, in order of first appearance.
+    """
+    distinct = list(dict.fromkeys(widths[layer] for layer in layers))
+    slots, rows = {}, dict.fromkeys(distinct, 0)
+    for layer in layers:
+        width = widths[layer]
+        tensor = name if len(distinct) == 1 else f"stage{distinct.index(width)}_{name}"
+        slots[layer] = (tensor, rows[width])
+        rows[width] += 1
+    return slots
+
+
+def stacked_shapes(slots: dict[int, Slot], widths: list[int]) -> dict[str, tuple[int, int]]:
+    """``{tensor name: (rows, width)}`` for the tensors :func:`stacked_slots` laid out."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for layer, (tensor, row) in slots.items():
+        shapes[tensor] = (row + 1, widths[layer])
+    return shapes
+
+
 class PromptBank(nn.Module):
     """One adapter's visual prompts for one backbone: ``prompt_embeddings`` of shape (L, p, d).
 
-    Row ``j`` belongs to the ``j``-th prompted layer. Each use goes projection -> batch expansion ->
-    dropout (an independent mask per sample, token and channel, as the official code) -> :meth:`transform`.
+    Row ``j`` belongs to the ``j``-th prompted layer (one tensor per stage width on Swin, see
+    :func:`stacked_slots`). Each use goes projection -> batch expansion -> dropout (an independent mask per
+    sample, token and channel, as the official code) -> :meth:`transform`.
     """
 
     def __init__(self, config: PromptConfigBase, backbone: Backbone) -> None:
         super().__init__()
         layers = config.prompted_layers(backbone.num_layers)
-        self.layer_slots = {layer: slot for slot, layer in enumerate(layers)}
+        self.layer_slots = stacked_slots(layers, backbone.layer_widths, "prompt_embeddings")
         self.first_layer = layers[0]
         self.num_prompts = config.num_prompts
-        self.uses_kv_path = self.choose_kv_path(config, layers, backbone.num_layers)
-        prompt_dim = config.prompt_project_dim if config.prompt_project_dim > 0 else backbone.hidden_size
-        self.prompt_embeddings = nn.Parameter(torch.empty(len(layers), config.num_prompts, prompt_dim))
-        self.prompt_proj = nn.Linear(prompt_dim, backbone.hidden_size) if config.prompt_project_dim > 0 else None
+        self.uses_kv_path = self.choose_kv_path(config, layers, backbone)
+        shapes = stacked_shapes(self.layer_slots, backbone.layer_widths)
+        projected = config.prompt_project_dim > 0
+        if projected and len(shapes) > 1:
+            raise ValueError("prompt_project_dim needs a backbone of one width; this one changes width with depth.")
+        self.visual_names = tuple(shapes)
+        for tensor, (rows, width) in shapes.items():
+            dim = config.prompt_project_dim if projected else width
+            setattr(self, tensor, nn.Parameter(torch.empty(rows, config.num_prompts, dim)))
+        self.prompt_proj = nn.Linear(config.prompt_project_dim, backbone.hidden_size) if projected else None
         self.prompt_dropout = nn.Dropout(config.effective_prompt_dropout)
         self.reset_prompts(config, backbone)
 
     @staticmethod
-    def choose_kv_path(config: PromptConfigBase, layers: list[int], num_layers: int) -> bool:
+    def choose_kv_path(config: PromptConfigBase, layers: list[int], backbone: Backbone) -> bool:
+        if not backbone.spec.prompts_in_sequence:
+            if config.prompt_path == "sequence":
+                raise ValueError(
+                    f"{backbone.model_type} attends within windows, so prompt tokens cannot join the sequence: "
+                    "prompt_path='sequence' is not available; use 'auto' (prompts as keys/values in every window)."
+                )
+            return True
         if not config.deep or config.prompt_path == "sequence":
             return False
-        exact = kv_path_is_exact(layers, num_layers)
+        exact = kv_path_is_exact(layers, backbone.num_layers)
         if config.prompt_path == "kv" and not exact:
             raise ValueError(
                 f"prompt_path='kv' is exact only when the prompted layers run to the last layer; {layers} leaves "
@@ -71,16 +113,18 @@ class PromptBank(nn.Module):
 
     @torch.no_grad()
     def reset_prompts(self, config: PromptConfigBase, backbone: Backbone) -> None:
-        if self.prompt_embeddings.is_meta:
-            return
-        if config.prompt_init == "xavier_patch":
-            # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
-            bound = math.sqrt(6.0 / (backbone.patch_fan_in + self.prompt_embeddings.shape[-1]))
-            self.prompt_embeddings.uniform_(-bound, bound)
-        elif config.prompt_init == "normal":
-            self.prompt_embeddings.normal_(0.0, 0.02)
-        else:
-            self.prompt_embeddings.zero_()
+        for name in self.visual_names:
+            tensor = getattr(self, name)
+            if tensor.is_meta:
+                return
+            if config.prompt_init == "xavier_patch":
+                # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
+                bound = math.sqrt(6.0 / (backbone.patch_fan_in + tensor.shape[-1]))
+                tensor.uniform_(-bound, bound)
+            elif config.prompt_init == "normal":
+                tensor.normal_(0.0, 0.02)
+            else:
+                tensor.zero_()
         if self.prompt_proj is not None:
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
 
@@ -98,9 +142,10 @@ class PromptBank(nn.Module):
         """Hook for methods that map the prompts before use (VFPT's Fourier transform)."""
         return prompts
 
-    def prompts(self, slot: int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
-        """The (batch, p, d) prompts of prompted layer number ``slot``, in the model's dtype."""
-        prompts = self.prompt_embeddings[slot]
+    def prompts(self, slot: Slot, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """The (batch, p, d) prompts stored at ``slot`` (see :func:`stacked_slots`), in the model's dtype."""
+        tensor, row = slot
+        prompts = getattr(self, tensor)[row]
         if self.prompt_proj is not None:
             prompts = self.prompt_proj(prompts)
         if not (self.training and self.prompt_dropout.p > 0):
@@ -168,7 +213,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         self.kwargs: dict = {}
         setattr(self, self.adapter_layer_names[0], nn.ModuleDict())
         self.num_special_tokens = backbone.num_special_tokens
-        self.head_dim = backbone.head_dim
+        self.head_dims = backbone.layer_head_dims
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
 
@@ -259,7 +304,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         if bank is not None:
             hidden = args[0] if args else kwargs["hidden_states"]
             extra = bank.extra_key_values(
-                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dim
+                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dims[index]
             )
         if extra is not None:
             ensure_installed(module.config)
