@@ -66,7 +66,7 @@ def reference(base, model, pixels):
     learned = text_features(base, text.class_token_ids, text.ctx) if text.ctx is not None else None
     template = text_features(base, text.template_token_ids)
     learned = template if learned is None else learned
-    prompts = {i: vision.prompt_embeddings[slot] for i, slot in vision.layer_slots.items() if vision.num_prompts}
+    prompts = {i: getattr(vision, name)[row] for i, (name, row) in vision.layer_slots.items() if vision.num_prompts}
     generators = {i: vision.cavpt[slot] for i, slot in vision.cavpt_slots.items()}
     top_k = queries = None
     if generators:

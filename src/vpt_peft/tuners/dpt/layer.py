@@ -56,7 +56,7 @@ class DualPromptVisionBank(PromptBank):
         self.aux_logits: dict[int, torch.Tensor] = {}
 
     @staticmethod
-    def choose_kv_path(config: VisualPromptConfig, layers: list[int], num_layers: int) -> bool:
+    def choose_kv_path(config: VisualPromptConfig, layers: list[int], backbone: Backbone) -> bool:
         # Every DPT prompt is stripped after its own layer, so the key/value path is exact everywhere.
         return config.prompt_path != "sequence"
 
