@@ -53,6 +53,11 @@ class BackboneSpec:
         return n(config) if callable(n) else n
 
 
+def cls_and_registers(config: object) -> int:
+    """CLS followed by the register tokens (Dinov2 with registers)."""
+    return 1 + config.num_register_tokens
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "vit": BackboneSpec(description="ViTModel, ViTForImageClassification: [CLS, prompts, patches]"),
     "deit": BackboneSpec(
@@ -80,7 +85,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dinov2_with_registers": BackboneSpec(
         layers="encoder.layer",
         attention_norm="norm1",
-        num_special_tokens=lambda config: 1 + config.num_register_tokens,
+        num_special_tokens=cls_and_registers,
         description="Dinov2WithRegistersModel, ...ForImageClassification: prompts after CLS and the registers",
     ),
     "clip_vision_model": BackboneSpec(
