@@ -101,8 +101,37 @@ def test_option_that_does_not_fit_the_method(workspace, capsys, tmp_path):
 def test_dpt_listed_only_when_the_library_has_it(capsys):
     import vpt_peft
 
-    help_text = build_parser().format_help() + build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    assert ("dpt" in help_text.split("--method")[1].split("\n")[0]) == hasattr(vpt_peft, "DualPromptConfig")
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    method_line = next(line for line in train_help.splitlines() if line.strip().startswith("--method"))
+    assert ("dpt" in method_line) == hasattr(vpt_peft, "DualPromptConfig")
     if not hasattr(vpt_peft, "DualPromptConfig"):
         err = _one_line_error(capsys, ["train", "--model", "m", "--dataset", "d", "--method", "dpt", "--output", "o"], 2)
         assert "DualPromptConfig" in err
+
+
+def test_dpt_trains_a_tiny_clip_and_predicts(workspace, tmp_path, capsys):
+    import vpt_peft
+
+    if not hasattr(vpt_peft, "DualPromptConfig"):
+        pytest.skip("this version of vpt_peft has no DPT")
+    from transformers import CLIPImageProcessor
+
+    from .clip_helpers import tiny_clip, tiny_tokenizer
+
+    root, _ = workspace
+    clip_dir = tmp_path / "tiny-clip"
+    clip_dir.mkdir()
+    tokenizer = tiny_tokenizer(clip_dir)
+    tokenizer.save_pretrained(clip_dir)
+    tiny_clip(tokenizer).save_pretrained(clip_dir)
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(clip_dir)
+    out = tmp_path / "dpt"
+    argv = ["train", "--model", str(clip_dir), "--dataset", str(root / "images"), "--method", "dpt", "--num-prompts", "2",
+            "--output", str(out), "--max-steps", "2", "--batch-size", "4"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    image = root / "images" / "test" / "dark" / "0.png"
+    assert main(["predict", str(out), str(image)]) == 0
+    assert capsys.readouterr().out.strip().split("\t")[0] == str(image)
+    assert main(["info", str(out)]) == 0
+    assert "DualPromptConfig" in capsys.readouterr().out

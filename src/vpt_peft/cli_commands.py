@@ -25,11 +25,14 @@ def run(args: argparse.Namespace) -> None:
     {"train": train, "eval": evaluate, "predict": predict, "info": info}[args.command](args)
 
 
-def _peft_config(args: argparse.Namespace):
-    if args.method == "dpt":
+def _peft_config(args: argparse.Namespace, labels: list[str]):
+    if args.method == "dpt":  # CLIP with class-name text prompts; the released batch size is 32
         import vpt_peft
 
-        return vpt_peft.DualPromptConfig(**({"num_prompts": args.num_prompts} if args.num_prompts else {})), 32
+        if args.fourier_ratio is not None or args.num_kv_prompts is not None or args.preset:
+            raise CLIError("--fourier-ratio, --num-kv-prompts and --preset do not apply to --method dpt")
+        extra = {"visual_n_ctx": args.num_prompts} if args.num_prompts is not None else {}
+        return vpt_peft.DualPromptConfig(class_names=labels, tokenizer_name_or_path=args.model, **extra), 32
     preset = recipes.preset(args.method, task=args.preset)
     overrides = {"num_prompts": args.num_prompts, "fourier_ratio": args.fourier_ratio, "num_kv_prompts": args.num_kv_prompts}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -40,9 +43,12 @@ def _peft_config(args: argparse.Namespace):
     return preset.make_config(**overrides), preset.batch_size
 
 
-def _load_model(path: str, labels: list[str]):
-    from transformers import AutoModelForImageClassification
+def _load_model(path: str, labels: list[str], method: str):
+    """The base model: a ``CLIPModel`` for DPT (its text tower is the classifier), else a classifier with a new head."""
+    from transformers import AutoModelForImageClassification, CLIPModel
 
+    if method == "dpt":
+        return CLIPModel.from_pretrained(path)
     return AutoModelForImageClassification.from_pretrained(
         path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
         ignore_mismatched_sizes=True,
@@ -50,23 +56,37 @@ def _load_model(path: str, labels: list[str]):
 
 
 def _image_size(model) -> int:
-    size = getattr(model.config, "image_size", 224)
+    config = getattr(model.config, "vision_config", model.config)
+    size = getattr(config, "image_size", 224)
     return size if isinstance(size, int) else size[0]
+
+
+def _class_logits(logits, labels):
+    """Keep the class scores only: DPT's output also carries auxiliary logits that would not stack."""
+    return logits[0] if isinstance(logits, tuple) else logits
 
 
 def train(args: argparse.Namespace) -> None:
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    config, preset_batch = _peft_config(args)
-    batch_size = args.batch_size or preset_batch
     train_set, eval_set, image_column, label_column, labels = load_image_dataset(args.dataset, args.eval_split, seed=args.seed)
-    model = get_peft_model(_load_model(args.model, labels), config)
+    config, preset_batch = _peft_config(args, labels)
+    batch_size = args.batch_size or preset_batch
+    model = get_peft_model(_load_model(args.model, labels, args.method), config)
     processor = image_processor_for(args.model, _image_size(model))
-    optimizer = recipes.make_optimizer(model, args.lr, args.weight_decay, batch_size)
     per_epoch = steps_per_epoch(len(train_set), batch_size)
     total_epochs = max(1, round(args.epochs))
-    scheduler = recipes.step_scheduler(optimizer, per_epoch, min(args.warmup_epochs, total_epochs - 1), total_epochs)
+    callbacks = []
+    if args.method == "dpt":  # DPT's own recipe (two lr groups, Dassl warm-up) and its epoch-aware loss
+        from .tuners.dpt import DualPromptEpochCallback, dual_prompt_optimizer, dual_prompt_scheduler
+
+        optimizer = dual_prompt_optimizer(model)
+        scheduler = dual_prompt_scheduler(optimizer, total_epochs, per_epoch)
+        callbacks.append(DualPromptEpochCallback())
+    else:
+        optimizer = recipes.make_optimizer(model, args.lr, args.weight_decay, batch_size)
+        scheduler = recipes.step_scheduler(optimizer, per_epoch, min(args.warmup_epochs, total_epochs - 1), total_epochs)
     training_args = TrainingArguments(
         output_dir=str(args.output), per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         num_train_epochs=args.epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
@@ -83,6 +103,8 @@ def train(args: argparse.Namespace) -> None:
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=ImageClassificationCollator(processor, image_column, label_column),
         compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)}, optimizers=(optimizer, scheduler),
+        preprocess_logits_for_metrics=_class_logits,
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     metrics = trainer.evaluate()
@@ -99,8 +121,9 @@ def _load_adapter(folder: Path):
     if not (folder / "adapter_config.json").exists():
         raise CLIError(f"{folder} is not an adapter folder (no adapter_config.json)")
     labels = read_labels(folder)
+    method = json.loads((folder / "labels.json").read_text()).get("method", "")
     base = PeftConfig.from_pretrained(folder).base_model_name_or_path
-    model = PeftModel.from_pretrained(_load_model(base, labels), folder).eval()
+    model = PeftModel.from_pretrained(_load_model(base, labels, method), folder).eval()
     processor = image_processor_for(str(folder), _image_size(model))
     return model, processor, labels
 
