@@ -25,6 +25,7 @@ from torch import nn
 from ...attention import EXTRA_KV_ATTRIBUTE, ExtraKeyValues, ensure_installed, set_extra_key_values, split_heads
 from ...backbones import Backbone, _get_path
 from .config import PromptConfigBase
+from .mixed import MixedBatch
 
 
 def kv_path_is_exact(layers: list[int], num_layers: int) -> bool:
@@ -155,6 +156,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         self.head_dim = backbone.head_dim
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
+        self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
 
     @property
     def banks(self) -> nn.ModuleDict:
@@ -216,7 +218,16 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             return None
         return self.banks[names[0]]
 
+    def sequence_tokens(self) -> int:
+        """Prompt slots in the residual stream of the running forward, stripped from what the model returns."""
+        if self.mixed_batch is not None:
+            return self.mixed_batch.sequence_slots(self)[0]
+        bank = self.active_bank()
+        return 0 if bank is None else bank.sequence_tokens
+
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
+        if self.mixed_batch is not None:
+            return self.mixed_batch.layer_inputs(self, index, args, kwargs, _pad_square_mask)
         bank = self.active_bank()
         if bank is None:
             return None
@@ -246,10 +257,13 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         return args, kwargs
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.mixed_batch is not None:
+            set_extra_key_values(module, self.mixed_batch.key_groups(self, index, norm, module, hidden))
+            return None
         bank = self.active_bank()
         extra = None
         if bank is not None:
-            hidden = args[0] if args else kwargs["hidden_states"]
             extra = bank.extra_key_values(
                 index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dim
             )
@@ -267,17 +281,14 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         return torch.cat([sequence[:, :n], sequence[:, n + count :]], dim=1)
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
-        bank = self.active_bank()
-        if bank is None or bank.sequence_tokens == 0:
-            return None
-        return self._strip(output, bank.sequence_tokens)
+        count = self.sequence_tokens()
+        return self._strip(output, count) if count else None
 
     def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
         """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""
-        bank = self.active_bank()
-        if bank is None or bank.sequence_tokens == 0 or not hasattr(output, "keys"):
+        p = self.sequence_tokens()
+        if p == 0 or not hasattr(output, "keys"):
             return None
-        p = bank.sequence_tokens
         last = output.get("last_hidden_state")
         if last is not None and not self.strips_at_final_norm:
             output["last_hidden_state"] = last = self._strip(last, p)

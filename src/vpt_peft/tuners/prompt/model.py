@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -17,6 +18,7 @@ from ...attention import ensure_installed, uninstall
 from ...backbones import Backbone, find_backbone
 from .config import PromptConfigBase
 from .layer import PromptAdapterLayer
+from .mixed import serve_mixed_batch
 
 SIDECAR_NAME = "prompt_adapter"
 VPT_HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
@@ -80,7 +82,16 @@ class PromptTunerModel(BaseTuner):
             sidecar.register_hooks(self._backbone)
         sidecar.update_layer(adapter_name, peft_config, self._backbone)
 
-    def _post_injection_hook(self, model: nn.Module, config: PromptConfigBase, adapter_name: str) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        """Inject, then finish the adapter's heads: here, not in ``_post_injection_hook``, which peft calls for
+        the first adapter only; ``add_adapter``/``load_adapter`` reuse the head copies made here (before any
+        weights are loaded into them)."""
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._finish_adapter(model, self.peft_config[adapter_name], adapter_name)
+
+    def _finish_adapter(self, model: nn.Module, config: PromptConfigBase, adapter_name: str) -> None:
+        if config.num_labels is not None:
+            self._resize_heads(model, adapter_name, config.num_labels)
         if config.head_init == "vpt":
             self._init_heads_like_vpt(model, adapter_name)
         if any(self._needs_extra_kv(m, adapter_name) for m in model.modules()):
@@ -95,6 +106,20 @@ class PromptTunerModel(BaseTuner):
         return module.banks[adapter_name].needs_extra_key_values
 
     @staticmethod
+    def _resize_heads(model: nn.Module, adapter_name: str, num_labels: int) -> None:
+        """Give the adapter its own head of ``num_labels`` classes (a new Linear, the default init)."""
+        for module in model.modules():
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                head = module.modules_to_save[adapter_name]
+                if not isinstance(head, nn.Linear):
+                    raise ValueError(f"num_labels needs a Linear head, {type(head).__name__} is not one.")
+                if head.out_features == num_labels:
+                    continue
+                new = nn.Linear(head.in_features, num_labels, bias=head.bias is not None)
+                new.to(head.weight.device, head.weight.dtype).requires_grad_(head.weight.requires_grad)
+                module.modules_to_save[adapter_name] = new
+
+    @staticmethod
     @torch.no_grad()
     def _init_heads_like_vpt(model: nn.Module, adapter_name: str) -> None:
         """The official VPT head init: Kaiming-normal fan_out weights, bias -log(99) (a 1% prior)."""
@@ -105,6 +130,33 @@ class PromptTunerModel(BaseTuner):
                         nn.init.kaiming_normal_(linear.weight, a=0, mode="fan_out")
                         if linear.bias is not None:
                             linear.bias.fill_(VPT_HEAD_BIAS)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
+        """Entered by ``PeftModel.forward`` with the call's arguments: serves ``adapter_names`` mixed batches."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            with self._config_num_labels_of(self.active_adapters):
+                yield
+            return
+        layers = [m for m in self.model.modules() if isinstance(m, PromptAdapterLayer)]
+        with serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs):
+            yield
+
+    @contextmanager
+    def _config_num_labels_of(self, adapter_names: list[str]) -> Iterator[None]:
+        """While an adapter with its own head size runs, the HF config says that size (its loss reads it)."""
+        config = getattr(self.model, "config", None)
+        sizes = [self.peft_config[n].num_labels for n in adapter_names if n in self.peft_config]
+        if config is None or len(sizes) != 1 or sizes[0] is None or sizes[0] == config.num_labels:
+            yield
+            return
+        saved = (config.id2label, config.label2id)
+        config.num_labels = sizes[0]
+        try:
+            yield
+        finally:
+            config.id2label, config.label2id = saved
 
     def train(self, mode: bool = True) -> "PromptTunerModel":
         """Train the prompts and head while the frozen backbone keeps eval-mode behaviour (no dropout).
