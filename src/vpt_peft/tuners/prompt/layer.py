@@ -218,7 +218,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             return None
         return self.banks[names[0]]
 
-    def sequence_tokens(self) -> int:
+    def prompt_slots(self) -> int:
         """Prompt slots in the residual stream of the running forward, stripped from what the model returns."""
         if self.mixed_batch is not None:
             return self.mixed_batch.sequence_slots(self)[0]
@@ -281,12 +281,12 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         return torch.cat([sequence[:, :n], sequence[:, n + count :]], dim=1)
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
-        count = self.sequence_tokens()
+        count = self.prompt_slots()
         return self._strip(output, count) if count else None
 
     def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
         """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""
-        p = self.sequence_tokens()
+        p = self.prompt_slots()
         if p == 0 or not hasattr(output, "keys"):
             return None
         last = output.get("last_hidden_state")

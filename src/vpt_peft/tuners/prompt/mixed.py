@@ -29,7 +29,7 @@ import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from ...attention import ExtraKeyValues, KeyGroup, ensure_installed
+from ...attention import ExtraKeyValues, KeyGroup, _keep_or_ones, ensure_installed
 
 if TYPE_CHECKING:
     from .layer import PromptAdapterLayer, PromptBank
@@ -45,7 +45,6 @@ class MixedBatch:
         index = {name: i for i, name in enumerate(self.names)}
         self.task = torch.tensor([index[name] for name in adapter_names], device=device)  # (B,) task per sample
         self.rows = [(self.task == i).nonzero().flatten() for i in range(len(self.names))]
-        self.batch_size = len(adapter_names)
         self._groups: dict[tuple, list[KeyGroup]] = {}
 
     def banks(self, layer: "PromptAdapterLayer") -> list[Optional["PromptBank"]]:
@@ -142,8 +141,7 @@ class MixedBatch:
         value = torch.cat([e.value for e in chosen])[local]
         keep = None
         if any(e.keep is not None for e in chosen):
-            keep = torch.cat([e.keep.expand(1, -1) if e.keep is not None else
-                              torch.ones(1, e.num_tokens, dtype=torch.bool, device=e.key.device) for e in chosen])[local]
+            keep = torch.cat([_keep_or_ones(e, 1) for e in chosen])[local]
         return ExtraKeyValues(key, value, keep)
 
 
