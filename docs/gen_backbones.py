@@ -25,6 +25,8 @@ COLUMNS = (
     "Blocks",
     "Attention (norm in front; key/value projections)",
     "Final norm",
+    "Relative position bias (padded for prompts)",
+    "How prompts enter",
     "Notes",
 )
 
@@ -51,6 +53,8 @@ def row(model_type: str, spec: BackboneSpec) -> list[str]:
         _code(spec.layers),
         f"{_code(spec.attention)} ({_code(spec.attention_norm)}; {_code(spec.k_proj)}, {_code(spec.v_proj)})",
         _code(spec.final_norm) if spec.final_norm else "none",
+        _code(spec.relative_position_bias) if spec.relative_position_bias else "none",
+        "sequence tokens or keys/values" if spec.prompts_in_sequence else "keys/values in every window",
         notes or "-",
     ]
 

@@ -40,7 +40,7 @@ def vit_embed(backbone, pixel_values, num_special):
     return x + emb.position_embeddings.detach().double()
 
 
-def attention(layer_attn, h, num_heads, extra_kv=None):
+def attention(layer_attn, h, num_heads, extra_kv=None, out_proj="o_proj"):
     """Multi-head attention; ``extra_kv`` = (k, v) of shape (B, T, d) appended to the keys/values."""
     B, S, d = h.shape
     hd = d // num_heads
@@ -54,7 +54,7 @@ def attention(layer_attn, h, num_heads, extra_kv=None):
         v = torch.cat([v, heads(extra_kv[1].double().expand(B, -1, -1))], dim=2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
     out = scores.softmax(-1) @ v
-    return _lin(out.transpose(1, 2).reshape(B, S, d), layer_attn.o_proj)
+    return _lin(out.transpose(1, 2).reshape(B, S, d), getattr(layer_attn, out_proj))
 
 
 def vit_reference(model, pixel_values, prompts=None, num_special=1, kv_prompts=None, visual_as_kv=False):

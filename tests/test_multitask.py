@@ -19,6 +19,7 @@ from vpt_peft import (
 )
 from vpt_peft.tuners.e2vpt import prune_prompts
 
+from .backbone_cases import CASES, VIT_LAYOUT, build
 from .helpers import MODEL_CLASSES, tiny_vit
 
 # One row per method family: the adapters (name -> config) that share one model. Prompt counts, depth,
@@ -296,3 +297,33 @@ def test_pruned_e2vpt_adapter_serves_next_to_an_unpruned_one():
     for i, name in enumerate(names):
         alone = run_as(model, name, pixels[i : i + 1])
         assert torch.equal(mixed.hidden_states[-1][i], alone.hidden_states[-1][0])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@torch.no_grad()
+def test_mixed_batch_on_every_backbone(case):
+    configs = {"deep": VisualPromptConfig(num_prompts=3, deep=True), "shallow": VisualPromptConfig(num_prompts=2)}
+    if case.in_sequence:
+        configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
+    (first, config), *others = configs.items()
+    model = get_peft_model(build(case), config, adapter_name=first)
+    for name, other in others:
+        model.add_adapter(name, other)
+    perturb(model)
+    model.eval()
+    names = [*configs, BASE_ADAPTER, first]
+    pixels = torch.randn(len(names), 3, 32, 32)
+    mixed = model(pixel_values=pixels, adapter_names=names, output_hidden_states=True)
+    # CLIP and SigLIP use sigmoid/tanh-based GELUs, whose CPU kernels round an element differently depending on
+    # where it falls in a buffer (vector body or scalar tail): the base CLIP model alone already differs between
+    # batch sizes 1 and 5. Padding moves tokens within the buffer, so there the check allows rounding.
+    exact = case.layout is None or case.layout.activation is VIT_LAYOUT.activation  # erf GELU: ViT, DeiT, DINOv2, BEiT, Swin
+    for i, name in enumerate(names):
+        alone = run_as(model, name, pixels[i : i + 1])
+        for got, want in zip(mixed.hidden_states, alone.hidden_states):
+            if exact:
+                assert torch.equal(got[i], want[0]), (case.name, name)
+            else:
+                torch.testing.assert_close(got[i], want[0], rtol=0, atol=1e-5)
+        if "logits" in alone:
+            torch.testing.assert_close(mixed.logits[i], alone.logits[0], rtol=0, atol=1e-6)

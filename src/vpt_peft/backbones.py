@@ -26,7 +26,14 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Where prompts go in one backbone family (paths relative to the backbone module)."""
+    """Where prompts go in one backbone family (paths relative to the backbone module).
+
+    ``layers`` names the list of blocks; a ``*`` segment flattens nested lists (Swin's stages of blocks:
+    ``"encoder.layers.*.blocks"``). ``relative_position_bias`` is the path, inside a block, of a module
+    whose output is an additive ``(..., S, S)`` bias for the real tokens (padded with zeros for prompts).
+    ``prompts_in_sequence=False`` marks windowed attention, where prompt tokens cannot join the token
+    sequence: prompts then enter every window's attention as extra keys/values only.
+    """
 
     embeddings: str = "embeddings"
     layers: str = "layers"
@@ -36,12 +43,19 @@ class BackboneSpec:
     v_proj: str = "v_proj"
     num_special_tokens: Union[int, Callable[[object], int]] = 1
     final_norm: Union[str, None] = "layernorm"
+    relative_position_bias: Union[str, None] = None
+    prompts_in_sequence: bool = True
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
 
     def special_tokens(self, config: object) -> int:
         n = self.num_special_tokens
         return n(config) if callable(n) else n
+
+
+def cls_and_registers(config: object) -> int:
+    """CLS followed by the register tokens (Dinov2 with registers)."""
+    return 1 + config.num_register_tokens
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -51,6 +65,18 @@ BACKBONES: dict[str, BackboneSpec] = {
         heads=("classifier", "cls_classifier", "distillation_classifier"),
         description="DeiTModel, DeiTForImageClassification(WithTeacher): prompts after CLS and distillation tokens",
     ),
+    "beit": BackboneSpec(
+        relative_position_bias="relative_position_bias",
+        description="BeitModel, BeitForImageClassification: relative position biases get zero rows/columns for the "
+        "prompts; the mean-pooled head never sees them",
+    ),
+    "swin": BackboneSpec(
+        layers="encoder.layers.*.blocks",
+        num_special_tokens=0,
+        prompts_in_sequence=False,
+        description="SwinModel, SwinForImageClassification: windowed attention, so every block's prompts join each "
+        "window's attention as extra keys/values (one tensor per stage width)",
+    ),
     "dinov2": BackboneSpec(
         layers="encoder.layer",
         attention_norm="norm1",
@@ -59,7 +85,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dinov2_with_registers": BackboneSpec(
         layers="encoder.layer",
         attention_norm="norm1",
-        num_special_tokens=lambda config: 1 + config.num_register_tokens,
+        num_special_tokens=cls_and_registers,
         description="Dinov2WithRegistersModel, ...ForImageClassification: prompts after CLS and the registers",
     ),
     "clip_vision_model": BackboneSpec(
@@ -94,10 +120,19 @@ def _get_path(root: nn.Module, path: str) -> nn.Module:
 
 def _has_path(root: nn.Module, path: str) -> bool:
     try:
-        _get_path(root, path)
+        _get_layers(root, path) if "*" in path else _get_path(root, path)
     except AttributeError:
         return False
     return True
+
+
+def _get_layers(root: nn.Module, path: str) -> list[nn.Module]:
+    """The blocks at ``path``, in forward order; ``*`` iterates a list and continues in each element."""
+    head, star, rest = path.partition(".*")
+    container = _get_path(root, head)
+    if not star:
+        return list(container)
+    return [layer for child in container for layer in _get_layers(child, rest.removeprefix("."))]
 
 
 @dataclass
@@ -110,8 +145,8 @@ class Backbone:
     spec: BackboneSpec
     hidden_size: int
     num_layers: int
-    num_heads: int
-    head_dim: int
+    layer_widths: list[int]
+    layer_head_dims: list[int]
     num_special_tokens: int
     patch_fan_in: int
     heads: list[str] = field(default_factory=list)
@@ -123,8 +158,8 @@ class Backbone:
         return f"{self.path}.{relative}" if self.path else relative
 
     @property
-    def layers(self) -> nn.ModuleList:
-        return self.sub(self.spec.layers)
+    def layers(self) -> list[nn.Module]:
+        return _get_layers(self.module, self.spec.layers)
 
     def describe(self) -> dict:
         """What an adapter records about its backbone, to refuse loading onto a different one."""
@@ -163,10 +198,10 @@ def find_backbone(model: nn.Module) -> Backbone:
         raise UnsupportedModelError(f"Found several backbones ({names}); vpt_peft prompts exactly one.")
     path, module, model_type, spec = found[0]
     config = module.config
-    layers = _get_path(module, spec.layers)
-    attention = _get_path(layers[0], spec.attention)
-    num_heads = config.num_attention_heads
-    head_dim = getattr(attention, "head_dim", config.hidden_size // num_heads)
+    layers = _get_layers(module, spec.layers)
+    attentions = [_get_path(layer, spec.attention) for layer in layers]
+    widths = [getattr(a, spec.k_proj).in_features for a in attentions]
+    head_dims = [a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)]
     patch = config.patch_size if isinstance(config.patch_size, int) else math.prod(config.patch_size)
     patch_area = patch * patch if isinstance(config.patch_size, int) else patch
     heads = [h for h in spec.heads if isinstance(getattr(model, h, None), nn.Module)]
@@ -177,8 +212,8 @@ def find_backbone(model: nn.Module) -> Backbone:
         spec=spec,
         hidden_size=config.hidden_size,
         num_layers=len(layers),
-        num_heads=num_heads,
-        head_dim=head_dim,
+        layer_widths=widths,
+        layer_head_dims=head_dims,
         num_special_tokens=spec.special_tokens(config),
         patch_fan_in=getattr(config, "num_channels", 3) * patch_area,
         heads=heads,

@@ -8,7 +8,7 @@ from torch import nn
 
 from ...attention import ExtraKeyValues, split_heads
 from ...backbones import Backbone
-from ..prompt.layer import PromptAdapterLayer, PromptBank
+from ..prompt.layer import PromptAdapterLayer, PromptBank, Slot, stacked_shapes, stacked_slots
 from .config import KVPromptConfig
 
 
@@ -25,20 +25,27 @@ class KVPromptBank(PromptBank):
 
     def __init__(self, config: KVPromptConfig, backbone: Backbone) -> None:
         super().__init__(config, backbone)
-        if backbone.hidden_size % config.num_segments:
+        if any(width % config.num_segments for width in backbone.layer_widths):
             raise ValueError(
-                f"num_segments={config.num_segments} must divide the hidden size {backbone.hidden_size}."
+                f"num_segments={config.num_segments} must divide the hidden size "
+                f"({sorted(set(backbone.layer_widths))})."
             )
         kv_layers = config.kv_layers(backbone.num_layers)
-        self.kv_layer_slots = {layer: slot for slot, layer in enumerate(kv_layers)}
         self.num_kv_prompts = config.num_kv_prompts
         self.num_segments = config.num_segments
-        self.head_dim = backbone.head_dim
-        shape = (len(kv_layers), config.num_kv_prompts, backbone.hidden_size)
-        names = ("kv_prompts",) if config.share_kv else ("key_prompts", "value_prompts")
-        for name in names:
-            setattr(self, name, nn.Parameter(torch.empty(shape)))
-        self.kv_names = names
+        roles = ("kv_prompts", "kv_prompts") if config.share_kv else ("key_prompts", "value_prompts")
+        key_slots, value_slots = (stacked_slots(kv_layers, backbone.layer_widths, role) for role in roles)
+        # Per layer: where its key prompts and its value prompts live (the same tensor when shared).
+        self.kv_slots = {layer: (key_slots[layer], value_slots[layer]) for layer in kv_layers}
+        self.kv_head_dims: dict[str, int] = {}
+        for slots in (key_slots, value_slots):
+            for tensor, (rows, width) in stacked_shapes(slots, backbone.layer_widths).items():
+                if tensor in self.kv_head_dims:
+                    continue
+                setattr(self, tensor, nn.Parameter(torch.empty(rows, config.num_kv_prompts, width)))
+                first_layer = next(layer for layer, (name, _) in slots.items() if name == tensor)
+                self.kv_head_dims[tensor] = backbone.layer_head_dims[first_layer]
+        self.kv_names = tuple(self.kv_head_dims)
         self.kv_dropout = nn.Dropout(config.kv_dropout)
         p, r = config.num_prompts, config.num_segments
         if config.pruned:
@@ -48,7 +55,7 @@ class KVPromptBank(PromptBank):
             self.prompt_token_gates = nn.Parameter(torch.ones(p))
             self.prompt_segment_gates = nn.Parameter(torch.ones(p, r))
         self.reset_kv_prompts(config)
-        self.initial_values = {name: getattr(self, name).detach().clone() for name in ("prompt_embeddings", *names)}
+        self.initial_values = {name: getattr(self, name).detach().clone() for name in (*self.visual_names, *self.kv_names)}
         self.register_load_state_dict_pre_hook(self._forget_initial_values)
 
     def _forget_initial_values(self, *args) -> None:
@@ -63,7 +70,7 @@ class KVPromptBank(PromptBank):
                 continue
             if config.kv_init == "kaiming_uniform":
                 # The official init treats the (heads, T, head_dim) tensor as a weight with fan_in = T * head_dim.
-                bound = math.sqrt(6.0 / max(1, config.num_kv_prompts * self.head_dim))
+                bound = math.sqrt(6.0 / max(1, config.num_kv_prompts * self.kv_head_dims[name]))
                 tensor.uniform_(-bound, bound)
             else:
                 nn.init.trunc_normal_(tensor, std=0.02)
@@ -89,23 +96,21 @@ class KVPromptBank(PromptBank):
         channels = segment.repeat(1, prompts.shape[-1] // self.num_segments)
         return prompts * (token[:, None] * channels).to(prompts.dtype)
 
-    def _kv_heads(self, name: str, slot: int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
-        tensor = getattr(self, name)[slot]
+    def _kv_heads(self, slot: Slot, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        name, row = slot
+        tensor = getattr(self, name)[row]
         if not (self.training and self.kv_dropout.p > 0):
             batch_size = 1
         tensor = self.kv_dropout(tensor.unsqueeze(0).expand(batch_size, -1, -1))
-        return split_heads(tensor.to(dtype), self.head_dim)
+        return split_heads(tensor.to(dtype), self.kv_head_dims[name])
 
     def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
         visual = super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
-        slot = self.kv_layer_slots.get(layer_index)
-        if slot is None or self.num_kv_prompts == 0:
+        slots = self.kv_slots.get(layer_index)
+        if slots is None or self.num_kv_prompts == 0:
             return visual
-        key_name, value_name = self.kv_names[0], self.kv_names[-1]
         # Dropout draws separate masks for the key copy and the value copy, as the official code.
-        kv = ExtraKeyValues(
-            self._kv_heads(key_name, slot, batch_size, dtype), self._kv_heads(value_name, slot, batch_size, dtype)
-        )
+        kv = ExtraKeyValues(self._kv_heads(slots[0], batch_size, dtype), self._kv_heads(slots[1], batch_size, dtype))
         return kv if visual is None else kv.cat(visual)
 
 

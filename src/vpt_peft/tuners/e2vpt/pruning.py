@@ -152,11 +152,11 @@ def _replace_bank(model, sidecar, old: KVPromptBank, name, peft_config, result: 
     peft_config.num_prompts = len(rows)
     peft_config.pruned = True
     new = KVPromptBank(peft_config, model.base_model._backbone)
-    new.to(old.prompt_embeddings.device)
+    new.to(getattr(old, old.visual_names[0]).device)
     source = old.initial_values if rewind == "initial" else None
-    for tensor_name in ("prompt_embeddings", *old.kv_names):
+    for tensor_name in (*old.visual_names, *old.kv_names):
         values = getattr(old, tensor_name) if source is None else source[tensor_name]
-        if tensor_name == "prompt_embeddings":
+        if tensor_name in old.visual_names:
             values = values[:, rows]
         if rewind != "reinit":
             getattr(new, tensor_name).copy_(values)
@@ -164,7 +164,7 @@ def _replace_bank(model, sidecar, old: KVPromptBank, name, peft_config, result: 
     token_mask[[i for i in range(old.num_prompts) if i not in result.kept_tokens]] = 0
     new.prompt_token_mask.copy_(token_mask[rows])
     new.prompt_segment_mask.copy_(result.segment_mask[rows])
-    new.initial_values = {k: getattr(new, k).detach().clone() for k in ("prompt_embeddings", *new.kv_names)}
+    new.initial_values = {k: getattr(new, k).detach().clone() for k in (*new.visual_names, *new.kv_names)}
     new.train(old.training)
     sidecar.banks[name] = new
     sidecar.set_adapter(sidecar.active_adapters)
@@ -183,10 +183,10 @@ def _rewind_heads(model: nn.Module, name: str) -> None:
 def effective_prompt_parameters(model: nn.Module, adapter_name: Optional[str] = None) -> int:
     """Prompt parameters that still matter: kept tokens x kept segments of the visual prompts + key-value prompts."""
     _, bank, _ = _sidecar_and_bank(model, adapter_name)
-    layers, _, hidden = bank.prompt_embeddings.shape
+    visual = sum(getattr(bank, name).numel() for name in bank.visual_names)
     gates = bank.gate_values()
-    if gates is not None and not isinstance(gates[0], nn.Parameter):
-        visual = int((gates[0][:, None] * gates[1]).sum().item()) * (hidden // bank.num_segments) * layers
-    else:
-        visual = bank.prompt_embeddings.numel()
+    if gates is not None and not isinstance(gates[0], nn.Parameter) and bank.num_prompts > 0:
+        # Every kept (token, segment) pair holds width / R channels in every layer.
+        kept = (gates[0][:, None] * gates[1]).sum().item()
+        visual = round(visual * kept / gates[1].numel())
     return visual + sum(getattr(bank, n).numel() for n in bank.kv_names)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ...attention import EXTRA_KV_ATTRIBUTE, ExtraKeyValues, ensure_installed, set_extra_key_values, split_heads
 from ...backbones import Backbone, _get_path
+from ...tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts
 from .config import PromptConfigBase
 from .mixed import MixedBatch
 
@@ -37,31 +38,73 @@ def kv_path_is_exact(layers: list[int], num_layers: int) -> bool:
     return layers == list(range(layers[0], num_layers))
 
 
+Slot = tuple[str, int]
+
+
+def stacked_slots(layers: list[int], widths: list[int], name: str) -> dict[int, Slot]:
+    """Where each layer's tensor lives: ``{layer: (tensor name, row)}``, one stacked tensor per width.
+
+    A backbone of one width (every ViT-like family) gets a single tensor called ``name``, row ``j`` for the
+    ``j``-th listed layer. Backbones whose width changes with depth (Swin's stages) get one tensor per
+    width, ``stage{k}_{name}``, in order of first appearance.
+    """
+    distinct = list(dict.fromkeys(widths[layer] for layer in layers))
+    slots, rows = {}, dict.fromkeys(distinct, 0)
+    for layer in layers:
+        width = widths[layer]
+        tensor = name if len(distinct) == 1 else f"stage{distinct.index(width)}_{name}"
+        slots[layer] = (tensor, rows[width])
+        rows[width] += 1
+    return slots
+
+
+def stacked_shapes(slots: dict[int, Slot], widths: list[int]) -> dict[str, tuple[int, int]]:
+    """``{tensor name: (rows, width)}`` for the tensors :func:`stacked_slots` laid out."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for layer, (tensor, row) in slots.items():
+        shapes[tensor] = (row + 1, widths[layer])
+    return shapes
+
+
 class PromptBank(nn.Module):
     """One adapter's visual prompts for one backbone: ``prompt_embeddings`` of shape (L, p, d).
 
-    Row ``j`` belongs to the ``j``-th prompted layer. Each use goes projection -> batch expansion ->
-    dropout (an independent mask per sample, token and channel, as the official code) -> :meth:`transform`.
+    Row ``j`` belongs to the ``j``-th prompted layer (one tensor per stage width on Swin, see
+    :func:`stacked_slots`). Each use goes projection -> batch expansion -> dropout (an independent mask per
+    sample, token and channel, as the official code) -> :meth:`transform`.
     """
 
     def __init__(self, config: PromptConfigBase, backbone: Backbone) -> None:
         super().__init__()
         layers = config.prompted_layers(backbone.num_layers)
-        self.layer_slots = {layer: slot for slot, layer in enumerate(layers)}
+        self.layer_slots = stacked_slots(layers, backbone.layer_widths, "prompt_embeddings")
         self.first_layer = layers[0]
         self.num_prompts = config.num_prompts
-        self.uses_kv_path = self.choose_kv_path(config, layers, backbone.num_layers)
-        prompt_dim = config.prompt_project_dim if config.prompt_project_dim > 0 else backbone.hidden_size
-        self.prompt_embeddings = nn.Parameter(torch.empty(len(layers), config.num_prompts, prompt_dim))
-        self.prompt_proj = nn.Linear(prompt_dim, backbone.hidden_size) if config.prompt_project_dim > 0 else None
+        self.uses_kv_path = self.choose_kv_path(config, layers, backbone)
+        shapes = stacked_shapes(self.layer_slots, backbone.layer_widths)
+        projected = config.prompt_project_dim > 0
+        if projected and len(shapes) > 1:
+            raise ValueError("prompt_project_dim needs a backbone of one width; this one changes width with depth.")
+        self.visual_names = tuple(shapes)
+        for tensor, (rows, width) in shapes.items():
+            dim = config.prompt_project_dim if projected else width
+            setattr(self, tensor, nn.Parameter(torch.empty(rows, config.num_prompts, dim)))
+        self.prompt_proj = nn.Linear(config.prompt_project_dim, backbone.hidden_size) if projected else None
         self.prompt_dropout = nn.Dropout(config.effective_prompt_dropout)
         self.reset_prompts(config, backbone)
 
     @staticmethod
-    def choose_kv_path(config: PromptConfigBase, layers: list[int], num_layers: int) -> bool:
+    def choose_kv_path(config: PromptConfigBase, layers: list[int], backbone: Backbone) -> bool:
+        if not backbone.spec.prompts_in_sequence:
+            if config.prompt_path == "sequence":
+                raise ValueError(
+                    f"{backbone.model_type} attends within windows, so prompt tokens cannot join the sequence: "
+                    "prompt_path='sequence' is not available; use 'auto' (prompts as keys/values in every window)."
+                )
+            return True
         if not config.deep or config.prompt_path == "sequence":
             return False
-        exact = kv_path_is_exact(layers, num_layers)
+        exact = kv_path_is_exact(layers, backbone.num_layers)
         if config.prompt_path == "kv" and not exact:
             raise ValueError(
                 f"prompt_path='kv' is exact only when the prompted layers run to the last layer; {layers} leaves "
@@ -71,16 +114,18 @@ class PromptBank(nn.Module):
 
     @torch.no_grad()
     def reset_prompts(self, config: PromptConfigBase, backbone: Backbone) -> None:
-        if self.prompt_embeddings.is_meta:
-            return
-        if config.prompt_init == "xavier_patch":
-            # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
-            bound = math.sqrt(6.0 / (backbone.patch_fan_in + self.prompt_embeddings.shape[-1]))
-            self.prompt_embeddings.uniform_(-bound, bound)
-        elif config.prompt_init == "normal":
-            self.prompt_embeddings.normal_(0.0, 0.02)
-        else:
-            self.prompt_embeddings.zero_()
+        for name in self.visual_names:
+            tensor = getattr(self, name)
+            if tensor.is_meta:
+                return
+            if config.prompt_init == "xavier_patch":
+                # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
+                bound = math.sqrt(6.0 / (backbone.patch_fan_in + tensor.shape[-1]))
+                tensor.uniform_(-bound, bound)
+            elif config.prompt_init == "normal":
+                tensor.normal_(0.0, 0.02)
+            else:
+                tensor.zero_()
         if self.prompt_proj is not None:
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
 
@@ -98,9 +143,10 @@ class PromptBank(nn.Module):
         """Hook for methods that map the prompts before use (VFPT's Fourier transform)."""
         return prompts
 
-    def prompts(self, slot: int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
-        """The (batch, p, d) prompts of prompted layer number ``slot``, in the model's dtype."""
-        prompts = self.prompt_embeddings[slot]
+    def prompts(self, slot: Slot, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """The (batch, p, d) prompts stored at ``slot`` (see :func:`stacked_slots`), in the model's dtype."""
+        tensor, row = slot
+        prompts = getattr(self, tensor)[row]
         if self.prompt_proj is not None:
             prompts = self.prompt_proj(prompts)
         if not (self.training and self.prompt_dropout.p > 0):
@@ -122,16 +168,19 @@ class PromptBank(nn.Module):
         return ExtraKeyValues(key, value)
 
 
-def _pad_square_mask(mask: Optional[torch.Tensor], at: int, count: int) -> Optional[torch.Tensor]:
-    """Open ``count`` new query/key slots at position ``at`` of a 4-D attention mask (attend everywhere)."""
-    if mask is None or mask.dim() != 4 or count == 0:
+def _open_mask_slots(args: tuple, kwargs: dict, length: int, count: int, at: int) -> tuple[tuple, dict]:
+    """Open prompt slots in a block's attention mask that the model built for ``length`` real tokens."""
+
+    def widen(mask: Any) -> Any:
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] == length:
+            return open_prompt_slots(mask, count, at)
         return mask
-    fill = True if mask.dtype == torch.bool else 0.0
-    b, h, q, k = mask.shape
-    rows = mask.new_full((b, h, count, k), fill)
-    mask = torch.cat([mask[:, :, :at], rows, mask[:, :, at:]], dim=2)
-    cols = mask.new_full((b, h, q + count, count), fill)
-    return torch.cat([mask[..., :at], cols, mask[..., at:]], dim=3)
+
+    if len(args) > 1:
+        return (args[0], widen(args[1]), *args[2:]), kwargs
+    if "attention_mask" in kwargs:
+        kwargs = {**kwargs, "attention_mask": widen(kwargs["attention_mask"])}
+    return args, kwargs
 
 
 def _owned_by(hook: Any, owner: object) -> bool:
@@ -153,7 +202,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         self.kwargs: dict = {}
         setattr(self, self.adapter_layer_names[0], nn.ModuleDict())
         self.num_special_tokens = backbone.num_special_tokens
-        self.head_dim = backbone.head_dim
+        self.head_dims = backbone.layer_head_dims
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
@@ -193,6 +242,9 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
                 functools.partial(self._attention_pre_hook, index, norm), with_kwargs=True
             )
             attention.register_forward_hook(self._attention_post_hook)
+            bias = _get_path(layer, spec.relative_position_bias) if spec.relative_position_bias else None
+            if bias is not None:
+                bias.register_forward_hook(functools.partial(self._bias_hook, index))
         if spec.final_norm is not None:
             backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
         backbone.module.register_forward_hook(self._backbone_output_hook)
@@ -227,7 +279,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
 
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
         if self.mixed_batch is not None:
-            return self.mixed_batch.layer_inputs(self, index, args, kwargs, _pad_square_mask)
+            return self.mixed_batch.layer_inputs(self, index, args, kwargs, _open_mask_slots)
         bank = self.active_bank()
         if bank is None:
             return None
@@ -236,25 +288,16 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
             # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
             args = (args[0].detach().requires_grad_(), *args[1:])
-        if bank.uses_kv_path or bank.num_prompts == 0:
-            return args, kwargs
-        slot = bank.layer_slots.get(index)
-        if slot is None:
+        p, n = bank.sequence_tokens, self.num_special_tokens
+        if p == 0 or index < bank.first_layer:
             return args, kwargs
         hidden = args[0]
-        prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype).expand(hidden.shape[0], -1, -1)
-        n, p = self.num_special_tokens, bank.num_prompts
-        if index == bank.first_layer:
-            hidden = torch.cat([hidden[:, :n], prompts, hidden[:, n:]], dim=1)
-            if len(args) > 1:
-                args = (hidden, _pad_square_mask(args[1], n, p), *args[2:])
-            else:
-                args = (hidden,)
-                if "attention_mask" in kwargs:
-                    kwargs = {**kwargs, "attention_mask": _pad_square_mask(kwargs["attention_mask"], n, p)}
-        else:
-            args = (torch.cat([hidden[:, :n], prompts, hidden[:, n + p :]], dim=1), *args[1:])
-        return args, kwargs
+        slot = bank.layer_slots.get(index)
+        if slot is not None:
+            prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype)
+            splice = insert_prompts if index == bank.first_layer else replace_prompts
+            hidden = splice(hidden, prompts, at=n)
+        return _open_mask_slots((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -265,7 +308,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         extra = None
         if bank is not None:
             extra = bank.extra_key_values(
-                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dim
+                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dims[index]
             )
         if extra is not None:
             ensure_installed(module.config)
@@ -277,8 +320,17 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         set_extra_key_values(module, None)
 
     def _strip(self, sequence: torch.Tensor, count: int) -> torch.Tensor:
-        n = self.num_special_tokens
-        return torch.cat([sequence[:, :n], sequence[:, n + count :]], dim=1)
+        return strip_prompts(sequence, count, at=self.num_special_tokens)
+
+    def _bias_hook(self, index: int, module: nn.Module, args: tuple, bias: torch.Tensor):
+        """Relative position biases are built for the real tokens: prompts get zero bias (no position)."""
+        if self.mixed_batch is not None:
+            count, opening = self.mixed_batch.sequence_slots(self)
+            count = count if 0 <= opening <= index else 0
+        else:
+            bank = self.active_bank()
+            count = 0 if bank is None or index < bank.first_layer else bank.sequence_tokens
+        return open_prompt_slots(bias, count, at=self.num_special_tokens) if count else None
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
         count = self.prompt_slots()

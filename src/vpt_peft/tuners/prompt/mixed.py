@@ -44,8 +44,20 @@ class MixedBatch:
         self.names = list(dict.fromkeys(adapter_names))  # the batch's tasks, in order of first appearance
         index = {name: i for i, name in enumerate(self.names)}
         self.task = torch.tensor([index[name] for name in adapter_names], device=device)  # (B,) task per sample
-        self.rows = [(self.task == i).nonzero().flatten() for i in range(len(self.names))]
-        self._groups: dict[tuple, list[KeyGroup]] = {}
+        self._groups: dict[tuple, tuple] = {}
+        self._row_tasks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def row_tasks(self, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(task of each attention row, each task's rows) for an attention call over ``rows`` rows.
+
+        Windowed attention (Swin) runs ``B * windows`` rows, sample-major; every other backbone ``B``.
+        """
+        if rows not in self._row_tasks:
+            if rows % len(self.task):
+                raise ValueError(f"An attention over {rows} rows cannot be split into {len(self.task)} samples.")
+            task = self.task.repeat_interleave(rows // len(self.task))
+            self._row_tasks[rows] = (task, [(task == i).nonzero().flatten() for i in range(len(self.names))])
+        return self._row_tasks[rows]
 
     def banks(self, layer: "PromptAdapterLayer") -> list[Optional["PromptBank"]]:
         """Each task's bank in ``layer`` (``None``: the base model, or an adapter this layer does not hold)."""
@@ -59,8 +71,11 @@ class MixedBatch:
         return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
 
     # ---------------------------------------------------------------------------------- sequence path
-    def layer_inputs(self, layer: "PromptAdapterLayer", index: int, args: tuple, kwargs: dict, pad_mask) -> Any:
-        """Open the slots at the first prompted block, then write each task's prompts into its samples' slots."""
+    def layer_inputs(self, layer: "PromptAdapterLayer", index: int, args: tuple, kwargs: dict, open_mask) -> Any:
+        """Open the slots at the first prompted block, then write each task's prompts into its samples' slots.
+
+        ``open_mask(args, kwargs, length, count, at)`` widens a mask the model built for the real tokens.
+        """
         slots, opening = self.sequence_slots(layer)
         if slots == 0 or index < opening:
             return None
@@ -68,10 +83,6 @@ class MixedBatch:
         if index == opening:
             padding = hidden.new_zeros(hidden.shape[0], slots, hidden.shape[2])
             hidden = torch.cat([hidden[:, :n], padding, hidden[:, n:]], dim=1)
-            if len(args) > 1:
-                args = (hidden, pad_mask(args[1], n, slots), *args[2:])
-            elif "attention_mask" in kwargs:
-                kwargs = {**kwargs, "attention_mask": pad_mask(kwargs["attention_mask"], n, slots)}
         writers = [
             (task, bank, bank.layer_slots[index])
             for task, bank in enumerate(self.banks(layer))
@@ -85,7 +96,7 @@ class MixedBatch:
                 write[task, : bank.num_prompts] = True
             region = torch.where(write[self.task][..., None], table[self.task], hidden[:, n : n + slots])
             hidden = torch.cat([hidden[:, :n], region, hidden[:, n + slots :]], dim=1)
-        return (hidden, *args[1:]), kwargs
+        return open_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - slots, slots, n)
 
     # ---------------------------------------------------------------------------------- attention
     def key_groups(
@@ -100,7 +111,7 @@ class MixedBatch:
             extra = None
             if bank is not None:
                 extra = bank.extra_key_values(
-                    index, norm, attention, 1, hidden.dtype, layer.k_proj, layer.v_proj, layer.head_dim
+                    index, norm, attention, 1, hidden.dtype, layer.k_proj, layer.v_proj, layer.head_dims[index]
                 )
             real = bank.sequence_tokens if bank is not None and open_slots and index >= bank.first_layer else 0
             extras.append(extra)
@@ -110,15 +121,17 @@ class MixedBatch:
         ensure_installed(attention.config)
         groups = []
         for (real, _), tasks in layouts.items():
-            rows, positions = self._layout(tuple(tasks), real, open_slots, layer.num_special_tokens, hidden.shape[1])
-            groups.append(KeyGroup(rows, positions, self._gather(extras, tasks)))
+            rows, positions = self._layout(tuple(tasks), real, open_slots, layer.num_special_tokens, hidden.shape[:2])
+            groups.append(KeyGroup(rows, positions, self._gather(extras, tasks, hidden.shape[0])))
         return groups
 
-    def _layout(self, tasks: tuple[int, ...], real: int, slots: int, n: int, length: int):
+    def _layout(self, tasks: tuple[int, ...], real: int, slots: int, n: int, shape: torch.Size):
         """(rows, positions) of a layout: ``None`` for all rows / all positions (cached: blocks repeat them)."""
-        key = (tasks, real, slots, length)
+        key = (tasks, real, slots, tuple(shape))
         if key not in self._groups:
-            rows = None if len(tasks) == len(self.names) else torch.cat([self.rows[t] for t in tasks])
+            task_rows = self.row_tasks(shape[0])[1]
+            length = shape[1]
+            rows = None if len(tasks) == len(self.names) else torch.cat([task_rows[t] for t in tasks])
             positions = None
             if real < slots:
                 device = self.task.device
@@ -126,17 +139,18 @@ class MixedBatch:
             self._groups[key] = (rows, positions)
         return self._groups[key]
 
-    def _gather(self, extras: list[Optional[ExtraKeyValues]], tasks: list[int]) -> Optional[ExtraKeyValues]:
-        """One batch of extra keys/values for ``tasks``' samples, in the row order of their layout."""
+    def _gather(self, extras: list[Optional[ExtraKeyValues]], tasks: list[int], rows: int) -> Optional[ExtraKeyValues]:
+        """One batch of extra keys/values for ``tasks``' attention rows, in the row order of their layout."""
         chosen = [extras[t] for t in tasks]
         if chosen[0] is None:
             return None
         if len(tasks) == 1:
             return chosen[0]  # batch 1: broadcast over the task's samples, as a single-task batch does
-        counts = torch.tensor([len(self.rows[t]) for t in tasks], device=self.task.device)
+        row_task, task_rows = self.row_tasks(rows)
+        counts = torch.tensor([len(task_rows[t]) for t in tasks], device=self.task.device)
         local = torch.repeat_interleave(torch.arange(len(tasks), device=self.task.device), counts)
         if len(tasks) == len(self.names):
-            local = self.task  # rows in batch order
+            local = row_task  # rows in batch order
         key = torch.cat([e.key for e in chosen])[local]
         value = torch.cat([e.value for e in chosen])[local]
         keep = None

@@ -53,7 +53,7 @@ class PromptTunerModel(BaseTuner):
         backbone = find_backbone(self.model)
         _check_same_backbone(peft_config, backbone)
         layers = peft_config.prompted_layers(backbone.num_layers)
-        self.tuner_layer_cls.bank_cls.choose_kv_path(peft_config, layers, backbone.num_layers)
+        self.tuner_layer_cls.bank_cls.choose_kv_path(peft_config, layers, backbone)
         self.validate_config(peft_config, backbone)
         peft_config.target_modules = re.escape(backbone.qualified(backbone.spec.embeddings))
         if peft_config.modules_to_save is None and backbone.heads:
