@@ -181,8 +181,9 @@ def test_own_head_size_saves_loads_and_trains(tmp_path, pixels):
     loss = model(pixels, labels=torch.tensor([6, 0])).loss  # HF's loss reads config.num_labels: 7 while it runs
     assert torch.isfinite(loss) and model.base_model.model.config.num_labels == 3
     model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(tiny_vit(num_labels=3), tmp_path).eval()
-    assert torch.equal(loaded(pixels).logits, want)
+    for low_cpu_mem_usage in (False, True):
+        loaded = PeftModel.from_pretrained(tiny_vit(num_labels=3), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)
+        assert torch.equal(loaded.eval()(pixels).logits, want)
     with pytest.raises(ValueError, match="num_labels"):
         VisualPromptConfig(num_labels=0)
 

@@ -44,7 +44,7 @@ class MixedBatch:
         self.names = list(dict.fromkeys(adapter_names))  # the batch's tasks, in order of first appearance
         index = {name: i for i, name in enumerate(self.names)}
         self.task = torch.tensor([index[name] for name in adapter_names], device=device)  # (B,) task per sample
-        self._groups: dict[tuple, tuple] = {}
+        self._layouts: dict[tuple, tuple] = {}
         self._row_tasks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def row_tasks(self, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -128,7 +128,7 @@ class MixedBatch:
     def _layout(self, tasks: tuple[int, ...], real: int, slots: int, n: int, shape: torch.Size):
         """(rows, positions) of a layout: ``None`` for all rows / all positions (cached: blocks repeat them)."""
         key = (tasks, real, slots, tuple(shape))
-        if key not in self._groups:
+        if key not in self._layouts:
             task_rows = self.row_tasks(shape[0])[1]
             length = shape[1]
             rows = None if len(tasks) == len(self.names) else torch.cat([task_rows[t] for t in tasks])
@@ -136,8 +136,8 @@ class MixedBatch:
             if real < slots:
                 device = self.task.device
                 positions = torch.cat([torch.arange(n + real, device=device), torch.arange(n + slots, length, device=device)])
-            self._groups[key] = (rows, positions)
-        return self._groups[key]
+            self._layouts[key] = (rows, positions)
+        return self._layouts[key]
 
     def _gather(self, extras: list[Optional[ExtraKeyValues]], tasks: list[int], rows: int) -> Optional[ExtraKeyValues]:
         """One batch of extra keys/values for ``tasks``' attention rows, in the row order of their layout."""

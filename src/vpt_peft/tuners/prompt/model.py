@@ -115,8 +115,9 @@ class PromptTunerModel(BaseTuner):
                     raise ValueError(f"num_labels needs a Linear head, {type(head).__name__} is not one.")
                 if head.out_features == num_labels:
                     continue
-                new = nn.Linear(head.in_features, num_labels, bias=head.bias is not None)
-                new.to(head.weight.device, head.weight.dtype).requires_grad_(head.weight.requires_grad)
+                new = nn.Linear(head.in_features, num_labels, bias=head.bias is not None,
+                                device=head.weight.device, dtype=head.weight.dtype)
+                new.requires_grad_(head.weight.requires_grad)
                 module.modules_to_save[adapter_name] = new
 
     @staticmethod
