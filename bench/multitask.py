@@ -6,7 +6,7 @@ Inference only (eval, no grad). Variants, timed interleaved in one process (see 
 * ``single``: the whole batch runs one adapter (``set_adapter``), the cost of serving one task;
 * ``mixed``: ``model(x, adapter_names=[...])`` with the 4 tasks interleaved sample by sample;
 * ``sub-batches``: the 4 tasks served one after another, ``set_adapter`` + a forward of batch/4 each;
-* ``mixed, padded``: 4 tasks with different prompt counts (p/5, 2p/5, 3p/5, p), so every block attends in
+* ``mixed, padded``: 4 tasks with different prompt counts (p/4, p/2, 3p/4, p), so every block attends in
   4 key layouts (informational: the price of mixing prompt counts).
 
 Goal: mixed / single >= 0.97 in throughput (i.e. mixed time / single time <= 1/0.97).

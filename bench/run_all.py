@@ -1,7 +1,7 @@
 """Run every benchmark in turn (``make bench``); ``--quick``, ``--steps N`` and ``--device`` pass through.
 
-On one CPU thread the defaults take about a quarter of an hour; the printed markdown goes into
-docs/benchmarks.md.
+On one CPU thread the defaults take about twenty-five minutes (multitask.py alone about ten); the printed
+markdown goes into docs/benchmarks.md.
 
     python bench/run_all.py [--quick] [--steps N] [--device cpu|cuda]
 """
