@@ -180,6 +180,9 @@ def test_own_head_size_saves_loads_and_trains(tmp_path, pixels):
     assert want.shape == (2, 7)
     loss = model(pixels, labels=torch.tensor([6, 0])).loss  # HF's loss reads config.num_labels: 7 while it runs
     assert torch.isfinite(loss) and model.base_model.model.config.num_labels == 3
+    model.add_adapter("seven", VisualPromptConfig(num_prompts=3, num_labels=7))
+    mixed = model(pixels, adapter_names=["default", "seven"], labels=torch.tensor([6, 0]))
+    assert torch.isfinite(mixed.loss) and mixed.logits.shape == (2, 7)
     model.save_pretrained(tmp_path)
     for low_cpu_mem_usage in (False, True):
         loaded = PeftModel.from_pretrained(tiny_vit(num_labels=3), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)

@@ -142,18 +142,26 @@ class PromptTunerModel(BaseTuner):
             return
         layers = [m for m in self.model.modules() if isinstance(m, PromptAdapterLayer)]
         with serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs):
-            yield
+            with self._config_num_labels_of(list(dict.fromkeys(adapter_names))):
+                yield
 
     @contextmanager
     def _config_num_labels_of(self, adapter_names: list[str]) -> Iterator[None]:
-        """While an adapter with its own head size runs, the HF config says that size (its loss reads it)."""
+        """While adapters with their own head size run, the HF config says that size (the model's loss reads it).
+
+        Only when the running adapters agree on one size; a mixed batch of several sizes refuses labels.
+        """
         config = getattr(self.model, "config", None)
-        sizes = [self.peft_config[n].num_labels for n in adapter_names if n in self.peft_config]
-        if config is None or len(sizes) != 1 or sizes[0] is None or sizes[0] == config.num_labels:
+        if config is None:
+            yield
+            return
+        sizes = {self.peft_config[n].num_labels or config.num_labels if n in self.peft_config else config.num_labels
+                 for n in adapter_names}
+        if len(sizes) != 1 or sizes == {config.num_labels}:
             yield
             return
         saved = (config.id2label, config.label2id)
-        config.num_labels = sizes[0]
+        config.num_labels = sizes.pop()
         try:
             yield
         finally:
