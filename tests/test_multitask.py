@@ -242,8 +242,8 @@ def test_unload_after_many_adapters_restores_the_base(pixels):
 @pytest.mark.parametrize(
     "other,match",
     [
-        (dict(hidden_size=48, intermediate_size=40), "hidden_size: adapter 48 vs model 32"),
-        (dict(num_hidden_layers=4), "num_layers: adapter 4 vs model 3"),
+        ({"hidden_size": 48, "intermediate_size": 40}, "hidden_size: adapter 48 vs model 32"),
+        ({"num_hidden_layers": 4}, "num_layers: adapter 4 vs model 3"),
     ],
 )
 def test_adapter_for_another_backbone_is_refused_by_load_adapter(tmp_path, pixels, other, match):

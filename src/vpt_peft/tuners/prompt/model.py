@@ -141,9 +141,11 @@ class PromptTunerModel(BaseTuner):
                 yield
             return
         layers = [m for m in self.model.modules() if isinstance(m, PromptAdapterLayer)]
-        with serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs):
-            with self._config_num_labels_of(list(dict.fromkeys(adapter_names))):
-                yield
+        with (
+            serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs),
+            self._config_num_labels_of(list(dict.fromkeys(adapter_names))),
+        ):
+            yield
 
     @contextmanager
     def _config_num_labels_of(self, adapter_names: list[str]) -> Iterator[None]:
