@@ -12,6 +12,7 @@ import argparse
 import time
 from typing import Optional, Sequence
 
+import dpt_step
 import e2vpt_pruning
 import fast_path
 import multitask
@@ -27,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     shared = ["--device", args.device] + (["--quick"] if args.quick else [])
     shared += ["--steps", str(args.steps)] if args.steps is not None else []
     start = time.perf_counter()
-    for bench in (vfpt_overhead, fast_path, e2vpt_pruning, multitask):
+    for bench in (vfpt_overhead, fast_path, e2vpt_pruning, dpt_step, multitask):
         bench.main(shared)
     print(f"all benchmarks: {time.perf_counter() - start:.0f} s wall")
 

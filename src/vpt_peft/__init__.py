@@ -8,12 +8,24 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from ._registry import extend_peft_type, register_method
 
-for _name in ("vpt", "vfpt", "kvprompt"):
+for _name in ("vpt", "vfpt", "kvprompt", "dpt"):
     extend_peft_type(_name)
 
 from .attention import ExtraKeyValues, UnsupportedAttentionError  # noqa: E402
 from .auto import AutoPeftModelForImageClassification  # noqa: E402
 from .backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone  # noqa: E402
+from .tuners.dpt import (  # noqa: E402
+    DualPromptConfig,
+    DualPromptEpochCallback,
+    DualPromptModel,
+    DualPromptOutput,
+    dual_prompt_loss,
+    dual_prompt_optimizer,
+    dual_prompt_parameter_groups,
+    dual_prompt_scheduler,
+    few_shot_subset,
+    set_epoch,
+)
 from .tuners.e2vpt import (  # noqa: E402
     KVPromptConfig,
     KVPromptModel,
@@ -30,6 +42,7 @@ from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
 register_method("vpt", VisualPromptConfig, VisualPromptModel)
 register_method("vfpt", FourierPromptConfig, FourierPromptModel)
 register_method("kvprompt", KVPromptConfig, KVPromptModel)
+register_method("dpt", DualPromptConfig, DualPromptModel)
 
 __version__ = "0.1.0"
 
@@ -39,6 +52,10 @@ __all__ = [
     "BASE_ADAPTER",
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
+    "DualPromptConfig",
+    "DualPromptEpochCallback",
+    "DualPromptModel",
+    "DualPromptOutput",
     "ExtraKeyValues",
     "FourierPromptConfig",
     "FourierPromptModel",
@@ -51,11 +68,17 @@ __all__ = [
     "UnsupportedModelError",
     "VisualPromptConfig",
     "VisualPromptModel",
+    "dual_prompt_loss",
+    "dual_prompt_optimizer",
+    "dual_prompt_parameter_groups",
+    "dual_prompt_scheduler",
     "effective_prompt_parameters",
+    "few_shot_subset",
     "find_backbone",
     "get_peft_model",
     "importance_scores",
     "prune_prompts",
     "register_backbone",
+    "set_epoch",
     "split_logits",
 ]

@@ -188,6 +188,18 @@ def _owned_by(hook: Any, owner: object) -> bool:
     return getattr(func, "__self__", None) is owner
 
 
+def remove_owned_hooks(owner: object, root: nn.Module) -> None:
+    """Remove every forward (pre-)hook under ``root`` that is a bound method of ``owner``."""
+    for module in root.modules():
+        for hooks, with_kwargs in (
+            (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs),
+            (module._forward_hooks, module._forward_hooks_with_kwargs),
+        ):
+            for key in [k for k, hook in hooks.items() if _owned_by(hook, owner)]:
+                del hooks[key]
+                with_kwargs.pop(key, None)
+
+
 class PromptAdapterLayer(nn.Module, BaseTunerLayer):
     """The tuner layer of a prompt method: owns one :class:`PromptBank` per adapter and the hooks."""
 
@@ -211,8 +223,12 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
     def banks(self) -> nn.ModuleDict:
         return getattr(self, self.adapter_layer_names[0])
 
+    def make_bank(self, config: PromptConfigBase, backbone: Backbone) -> PromptBank:
+        """Build one adapter's bank (methods whose banks need more than the config override this)."""
+        return self.bank_cls(config, backbone)
+
     def update_layer(self, adapter_name: str, config: PromptConfigBase, backbone: Backbone) -> None:
-        bank = self.bank_cls(config, backbone)
+        bank = self.make_bank(config, backbone)
         reference = backbone.sub(backbone.spec.embeddings)
         device = next((p.device for p in reference.parameters() if not p.is_meta), None)
         if device is not None and not any(p.is_meta for p in bank.parameters()):
@@ -250,14 +266,8 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         backbone.module.register_forward_hook(self._backbone_output_hook)
 
     def remove_hooks(self, root: nn.Module) -> None:
+        remove_owned_hooks(self, root)
         for module in root.modules():
-            for hooks, with_kwargs in (
-                (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs),
-                (module._forward_hooks, module._forward_hooks_with_kwargs),
-            ):
-                for key in [k for k, hook in hooks.items() if _owned_by(hook, self)]:
-                    del hooks[key]
-                    with_kwargs.pop(key, None)
             module.__dict__.pop(EXTRA_KV_ATTRIBUTE, None)
 
     def active_bank(self) -> Optional[PromptBank]:

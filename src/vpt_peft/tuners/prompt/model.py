@@ -90,9 +90,9 @@ class PromptTunerModel(BaseTuner):
         self._finish_adapter(model, self.peft_config[adapter_name], adapter_name)
 
     def _finish_adapter(self, model: nn.Module, config: PromptConfigBase, adapter_name: str) -> None:
-        if config.num_labels is not None:
+        if getattr(config, "num_labels", None) is not None:  # methods with their own config class may lack it
             self._resize_heads(model, adapter_name, config.num_labels)
-        if config.head_init == "vpt":
+        if getattr(config, "head_init", "model") == "vpt":
             self._init_heads_like_vpt(model, adapter_name)
         if any(self._needs_extra_kv(m, adapter_name) for m in model.modules()):
             for module in model.modules():
@@ -140,6 +140,9 @@ class PromptTunerModel(BaseTuner):
             with self._config_num_labels_of(self.active_adapters):
                 yield
             return
+        unsupported = {type(c).__name__ for c in self.peft_config.values() if not isinstance(c, PromptConfigBase)}
+        if unsupported:
+            raise ValueError(f"{sorted(unsupported)} adapters do not serve mixed-task batches (adapter_names).")
         layers = [m for m in self.model.modules() if isinstance(m, PromptAdapterLayer)]
         with (
             serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs),
@@ -157,8 +160,7 @@ class PromptTunerModel(BaseTuner):
         if config is None:
             yield
             return
-        sizes = {self.peft_config[n].num_labels or config.num_labels if n in self.peft_config else config.num_labels
-                 for n in adapter_names}
+        sizes = {getattr(self.peft_config.get(n), "num_labels", None) or config.num_labels for n in adapter_names}
         if len(sizes) != 1 or sizes == {config.num_labels}:
             yield
             return
