@@ -331,3 +331,17 @@ def test_mixed_batch_on_every_backbone(case):
                 torch.testing.assert_close(got[i], want[0], rtol=0, atol=1e-5)
         if "logits" in alone:
             torch.testing.assert_close(mixed.logits[i], alone.logits[0], rtol=0, atol=1e-6)
+
+
+def test_dpt_adapters_refuse_mixed_batches(tmp_path):
+    from vpt_peft import DualPromptConfig
+
+    from .clip_helpers import CLASSES, tiny_clip, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path)
+    config = DualPromptConfig(class_names=CLASSES, text_n_ctx=4, visual_n_ctx=3, cavpt_num_tokens=3, tokenizer=tokenizer)
+    model = get_peft_model(tiny_clip(tokenizer), config).eval()
+    size = model.base_model.model.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size)
+    with pytest.raises(ValueError, match="DualPromptConfig.*do not serve mixed-task batches"):
+        model(pixel_values=pixels, adapter_names=["default", "default"])
