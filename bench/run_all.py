@@ -1,7 +1,7 @@
 """Run every benchmark in turn (``make bench``); ``--quick``, ``--steps N`` and ``--device`` pass through.
 
-On one CPU thread the defaults take about a quarter of an hour; the printed markdown goes into
-docs/benchmarks.md.
+On one CPU thread the defaults take about twenty-five minutes (multitask.py alone about ten); the printed
+markdown goes into docs/benchmarks.md.
 
     python bench/run_all.py [--quick] [--steps N] [--device cpu|cuda]
 """
@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import dpt_step
 import e2vpt_pruning
 import fast_path
+import multitask
 import vfpt_overhead
 
 
@@ -27,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     shared = ["--device", args.device] + (["--quick"] if args.quick else [])
     shared += ["--steps", str(args.steps)] if args.steps is not None else []
     start = time.perf_counter()
-    for bench in (vfpt_overhead, fast_path, e2vpt_pruning, dpt_step):
+    for bench in (vfpt_overhead, fast_path, e2vpt_pruning, dpt_step, multitask):
         bench.main(shared)
     print(f"all benchmarks: {time.perf_counter() - start:.0f} s wall")
 

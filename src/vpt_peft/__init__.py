@@ -35,6 +35,7 @@ from .tuners.e2vpt import (  # noqa: E402
     prune_prompts,
 )
 from .tuners.prompt import AdapterMismatchError  # noqa: E402
+from .tuners.prompt.mixed import BASE_ADAPTER, split_logits  # noqa: E402
 from .tuners.vfpt import FourierPromptConfig, FourierPromptModel  # noqa: E402
 from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
 
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKBONES",
     "AdapterMismatchError",
+    "BASE_ADAPTER",
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
     "DualPromptConfig",
@@ -78,4 +80,5 @@ __all__ = [
     "prune_prompts",
     "register_backbone",
     "set_epoch",
+    "split_logits",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -65,6 +65,25 @@ def _keep_or_ones(extra: ExtraKeyValues, batch: int) -> torch.Tensor:
     return torch.ones(batch, extra.num_tokens, dtype=torch.bool, device=extra.key.device)
 
 
+@dataclass
+class KeyGroup:
+    """Samples of a mixed-task batch that attend over one key layout (see :mod:`vpt_peft.tuners.prompt.mixed`).
+
+    ``rows`` (``(n,)``, ``None`` = the whole batch) are the samples; ``positions`` (``(T,)``, ``None`` = all)
+    the sequence positions that are real tokens for them. Positions left out (padding slots other tasks'
+    prompts occupy) take part neither as queries nor as keys, so every sample meets exactly the keys, in
+    the order, it would meet alone: no masked padding changes a reduction, and outputs stay bit-identical.
+    ``extra`` holds the keys/values appended for these samples (batch ``n`` or 1).
+    """
+
+    rows: Optional[torch.Tensor] = None
+    positions: Optional[torch.Tensor] = None
+    extra: Optional[ExtraKeyValues] = None
+
+
+ParkedKeyValues = Union[ExtraKeyValues, list[KeyGroup], None]
+
+
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """``(B, T, heads*head_dim)`` -> ``(B, heads, T, head_dim)``: channel ``h*head_dim+j`` is head ``h``."""
     return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
@@ -101,16 +120,12 @@ def _eager_function(module: torch.nn.Module):
     return _EAGER_CACHE[cls]
 
 
-def set_extra_key_values(attention: torch.nn.Module, extra: Optional[ExtraKeyValues]) -> None:
-    """Park ``extra`` on ``attention`` for its next call (``None`` clears it)."""
+def set_extra_key_values(attention: torch.nn.Module, extra: ParkedKeyValues) -> None:
+    """Park ``extra`` on ``attention`` for its next call (``None`` clears it; a list runs one call per group)."""
     attention.__dict__[EXTRA_KV_ATTRIBUTE] = extra
 
 
-def prompted_attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention over the real keys/values plus the extra ones a vpt_peft hook parked on ``module``."""
-    extra: Optional[ExtraKeyValues] = module.__dict__.get(EXTRA_KV_ATTRIBUTE)
-    backend = module.config._attn_implementation.removeprefix(IMPLEMENTATION_PREFIX)
-    inner = _eager_function(module) if backend == "eager" else ALL_ATTENTION_FUNCTIONS[backend]
+def _attend(inner, module, query, key, value, attention_mask, extra: Optional[ExtraKeyValues], **kwargs):
     if extra is not None:
         batch = query.shape[0]
         extra_key = extra.key.to(key.dtype).expand(batch, -1, -1, -1)
@@ -119,6 +134,49 @@ def prompted_attention(module, query, key, value, attention_mask, **kwargs):
         key = torch.cat([key, extra_key], dim=2)
         value = torch.cat([value, extra_value], dim=2)
     return inner(module, query, key, value, attention_mask, **kwargs)
+
+
+def _select(tensor: Optional[torch.Tensor], group: KeyGroup, dims: tuple[int, ...]) -> Optional[torch.Tensor]:
+    """``tensor``'s rows (dim 0, unless broadcast) and positions (each of ``dims``, unless broadcast) of ``group``."""
+    if tensor is None:
+        return None
+    if group.rows is not None and tensor.shape[0] > 1:
+        tensor = tensor[group.rows]
+    if group.positions is not None:
+        for dim in dims:
+            if tensor.shape[dim] > 1:
+                tensor = tensor.index_select(dim, group.positions)
+    return tensor
+
+
+def _grouped_attention(inner, module, query, key, value, attention_mask, groups: list[KeyGroup], **kwargs):
+    """One attention call per key layout; outputs scattered back (padding positions get zeros).
+
+    Attention weights are not returned: groups attend over different numbers of keys.
+    """
+    if len(groups) == 1 and groups[0].rows is None and groups[0].positions is None:
+        return _attend(inner, module, query, key, value, attention_mask, groups[0].extra, **kwargs)
+    batch, heads, length, _ = query.shape
+    output = query.new_zeros(batch, length, heads, value.shape[-1])  # HF attention returns (B, T, heads, head_dim)
+    every_row, every_position = torch.arange(batch, device=query.device), torch.arange(length, device=query.device)
+    for group in groups:
+        q, k, v = (_select(t, group, (2,)) for t in (query, key, value))
+        mask = _select(attention_mask, group, (2, 3))
+        out, _ = _attend(inner, module, q, k, v, mask, group.extra, **kwargs)
+        rows = every_row if group.rows is None else group.rows
+        positions = every_position if group.positions is None else group.positions
+        output[rows[:, None], positions[None, :]] = out.to(output.dtype)
+    return output, None
+
+
+def prompted_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention over the real keys/values plus the extra ones a vpt_peft hook parked on ``module``."""
+    parked: ParkedKeyValues = module.__dict__.get(EXTRA_KV_ATTRIBUTE)
+    backend = module.config._attn_implementation.removeprefix(IMPLEMENTATION_PREFIX)
+    inner = _eager_function(module) if backend == "eager" else ALL_ATTENTION_FUNCTIONS[backend]
+    if isinstance(parked, list):
+        return _grouped_attention(inner, module, query, key, value, attention_mask, parked, **kwargs)
+    return _attend(inner, module, query, key, value, attention_mask, parked, **kwargs)
 
 
 for _backend in SUPPORTED_BACKENDS:

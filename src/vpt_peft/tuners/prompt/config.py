@@ -74,6 +74,10 @@ class PromptConfigBase(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Trained and saved with the prompts; None = the model's head, auto-detected."}
     )
+    num_labels: Optional[int] = field(
+        default=None,
+        metadata={"help": "Classes of this adapter's own head (a new Linear); None = a copy of the model's head."},
+    )
     backbone: Optional[dict] = field(
         default=None, metadata={"help": "Filled in automatically: model_type and sizes, checked when loading."}
     )
@@ -81,6 +85,8 @@ class PromptConfigBase(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_count("num_prompts", self.num_prompts)
+        if self.num_labels is not None:
+            check_count("num_labels", self.num_labels, minimum=1)
         if self.prompt_dropout is not None:
             check_fraction("prompt_dropout", self.prompt_dropout, upper_inclusive=False)
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)

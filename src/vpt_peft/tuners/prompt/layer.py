@@ -26,6 +26,7 @@ from ...attention import EXTRA_KV_ATTRIBUTE, ExtraKeyValues, ensure_installed, s
 from ...backbones import Backbone, _get_path
 from ...tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts
 from .config import PromptConfigBase
+from .mixed import MixedBatch
 
 
 def kv_path_is_exact(layers: list[int], num_layers: int) -> bool:
@@ -216,6 +217,7 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         self.head_dims = backbone.layer_head_dims
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
+        self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
 
     @property
     def banks(self) -> nn.ModuleDict:
@@ -278,7 +280,16 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             return None
         return self.banks[names[0]]
 
+    def prompt_slots(self) -> int:
+        """Prompt slots in the residual stream of the running forward, stripped from what the model returns."""
+        if self.mixed_batch is not None:
+            return self.mixed_batch.sequence_slots(self)[0]
+        bank = self.active_bank()
+        return 0 if bank is None else bank.sequence_tokens
+
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
+        if self.mixed_batch is not None:
+            return self.mixed_batch.layer_inputs(self, index, args, kwargs, _open_mask_slots)
         bank = self.active_bank()
         if bank is None:
             return None
@@ -299,10 +310,13 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         return _open_mask_slots((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.mixed_batch is not None:
+            set_extra_key_values(module, self.mixed_batch.key_groups(self, index, norm, module, hidden))
+            return None
         bank = self.active_bank()
         extra = None
         if bank is not None:
-            hidden = args[0] if args else kwargs["hidden_states"]
             extra = bank.extra_key_values(
                 index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dims[index]
             )
@@ -320,23 +334,23 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
 
     def _bias_hook(self, index: int, module: nn.Module, args: tuple, bias: torch.Tensor):
         """Relative position biases are built for the real tokens: prompts get zero bias (no position)."""
-        bank = self.active_bank()
-        if bank is None or bank.sequence_tokens == 0 or index < bank.first_layer:
-            return None
-        return open_prompt_slots(bias, bank.sequence_tokens, at=self.num_special_tokens)
+        if self.mixed_batch is not None:
+            count, opening = self.mixed_batch.sequence_slots(self)
+            count = count if 0 <= opening <= index else 0
+        else:
+            bank = self.active_bank()
+            count = 0 if bank is None or index < bank.first_layer else bank.sequence_tokens
+        return open_prompt_slots(bias, count, at=self.num_special_tokens) if count else None
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
-        bank = self.active_bank()
-        if bank is None or bank.sequence_tokens == 0:
-            return None
-        return self._strip(output, bank.sequence_tokens)
+        count = self.prompt_slots()
+        return self._strip(output, count) if count else None
 
     def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
         """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""
-        bank = self.active_bank()
-        if bank is None or bank.sequence_tokens == 0 or not hasattr(output, "keys"):
+        p = self.prompt_slots()
+        if p == 0 or not hasattr(output, "keys"):
             return None
-        p = bank.sequence_tokens
         last = output.get("last_hidden_state")
         if last is not None and not self.strips_at_final_norm:
             output["last_hidden_state"] = last = self._strip(last, p)

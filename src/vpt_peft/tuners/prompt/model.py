@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -17,6 +18,7 @@ from ...attention import ensure_installed, uninstall
 from ...backbones import Backbone, find_backbone
 from .config import PromptConfigBase
 from .layer import PromptAdapterLayer
+from .mixed import serve_mixed_batch
 
 SIDECAR_NAME = "prompt_adapter"
 VPT_HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
@@ -80,8 +82,17 @@ class PromptTunerModel(BaseTuner):
             sidecar.register_hooks(self._backbone)
         sidecar.update_layer(adapter_name, peft_config, self._backbone)
 
-    def _post_injection_hook(self, model: nn.Module, config: PromptConfigBase, adapter_name: str) -> None:
-        if config.head_init == "vpt":
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        """Inject, then finish the adapter's heads: here, not in ``_post_injection_hook``, which peft calls for
+        the first adapter only; ``add_adapter``/``load_adapter`` reuse the head copies made here (before any
+        weights are loaded into them)."""
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._finish_adapter(model, self.peft_config[adapter_name], adapter_name)
+
+    def _finish_adapter(self, model: nn.Module, config: PromptConfigBase, adapter_name: str) -> None:
+        if getattr(config, "num_labels", None) is not None:  # methods with their own config class may lack it
+            self._resize_heads(model, adapter_name, config.num_labels)
+        if getattr(config, "head_init", "model") == "vpt":
             self._init_heads_like_vpt(model, adapter_name)
         if any(self._needs_extra_kv(m, adapter_name) for m in model.modules()):
             for module in model.modules():
@@ -95,6 +106,21 @@ class PromptTunerModel(BaseTuner):
         return module.banks[adapter_name].needs_extra_key_values
 
     @staticmethod
+    def _resize_heads(model: nn.Module, adapter_name: str, num_labels: int) -> None:
+        """Give the adapter its own head of ``num_labels`` classes (a new Linear, the default init)."""
+        for module in model.modules():
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                head = module.modules_to_save[adapter_name]
+                if not isinstance(head, nn.Linear):
+                    raise ValueError(f"num_labels needs a Linear head, {type(head).__name__} is not one.")
+                if head.out_features == num_labels:
+                    continue
+                new = nn.Linear(head.in_features, num_labels, bias=head.bias is not None,
+                                device=head.weight.device, dtype=head.weight.dtype)
+                new.requires_grad_(head.weight.requires_grad)
+                module.modules_to_save[adapter_name] = new
+
+    @staticmethod
     @torch.no_grad()
     def _init_heads_like_vpt(model: nn.Module, adapter_name: str) -> None:
         """The official VPT head init: Kaiming-normal fan_out weights, bias -log(99) (a 1% prior)."""
@@ -105,6 +131,45 @@ class PromptTunerModel(BaseTuner):
                         nn.init.kaiming_normal_(linear.weight, a=0, mode="fan_out")
                         if linear.bias is not None:
                             linear.bias.fill_(VPT_HEAD_BIAS)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
+        """Entered by ``PeftModel.forward`` with the call's arguments: serves ``adapter_names`` mixed batches."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            with self._config_num_labels_of(self.active_adapters):
+                yield
+            return
+        unsupported = {type(c).__name__ for c in self.peft_config.values() if not isinstance(c, PromptConfigBase)}
+        if unsupported:
+            raise ValueError(f"{sorted(unsupported)} adapters do not serve mixed-task batches (adapter_names).")
+        layers = [m for m in self.model.modules() if isinstance(m, PromptAdapterLayer)]
+        with (
+            serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs),
+            self._config_num_labels_of(list(dict.fromkeys(adapter_names))),
+        ):
+            yield
+
+    @contextmanager
+    def _config_num_labels_of(self, adapter_names: list[str]) -> Iterator[None]:
+        """While adapters with their own head size run, the HF config says that size (the model's loss reads it).
+
+        Only when the running adapters agree on one size; a mixed batch of several sizes refuses labels.
+        """
+        config = getattr(self.model, "config", None)
+        if config is None:
+            yield
+            return
+        sizes = {getattr(self.peft_config.get(n), "num_labels", None) or config.num_labels for n in adapter_names}
+        if len(sizes) != 1 or sizes == {config.num_labels}:
+            yield
+            return
+        saved = (config.id2label, config.label2id)
+        config.num_labels = sizes.pop()
+        try:
+            yield
+        finally:
+            config.id2label, config.label2id = saved
 
     def train(self, mode: bool = True) -> "PromptTunerModel":
         """Train the prompts and head while the frozen backbone keeps eval-mode behaviour (no dropout).

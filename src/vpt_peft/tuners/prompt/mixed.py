@@ -1,0 +1,233 @@
+"""Mixed-task batches: ``model(pixel_values, adapter_names=[...])``, one adapter name per sample.
+
+peft's convention for LoRA, carried over to prompts. Each sample gets its own adapter's prompts and head;
+``"__base__"`` runs the frozen base model (no prompts, the original head).
+
+How one batch holds tasks with different prompts (the sequence length is one per batch):
+
+* **Sequence prompts** (shallow, or deep on the in-sequence path): the batch reserves ``P`` slots after the
+  special tokens, ``P`` = the largest prompt count in the batch. A sample whose task has ``p < P`` prompts
+  (or none: ``__base__``, key-value-path tasks, layers before its task's first prompted layer) leaves the
+  other slots as padding. Token-wise modules (norms, MLPs, projections) run on the padded batch; each
+  attention runs once per *key layout* (tasks with the same number of real prompt tokens and extra keys)
+  on exactly the real positions of its samples (:class:`~vpt_peft.attention.KeyGroup`), so padding never
+  enters a softmax, as a key or as a query. The slots are stripped at the end like ordinary prompts.
+* **Key-value prompts** (deep fast path, E2VPT): each task's extra keys/values are computed once and
+  gathered per sample; tasks with different extra-key counts fall into different key layouts.
+
+A batch whose tasks share one layout (the usual serving case: equal prompt counts) runs every attention
+as one call, as a single-task batch does. Grouping is per task, never per sample.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+
+import torch
+from peft.utils.other import ModulesToSaveWrapper
+from torch import nn
+
+from ...attention import ExtraKeyValues, KeyGroup, _keep_or_ones, ensure_installed
+
+if TYPE_CHECKING:
+    from .layer import PromptAdapterLayer, PromptBank
+
+BASE_ADAPTER = "__base__"
+
+
+class MixedBatch:
+    """Which sample runs which adapter, for one forward call (set on every prompt layer while it runs)."""
+
+    def __init__(self, adapter_names: Sequence[str], device: Optional[torch.device]) -> None:
+        self.names = list(dict.fromkeys(adapter_names))  # the batch's tasks, in order of first appearance
+        index = {name: i for i, name in enumerate(self.names)}
+        self.task = torch.tensor([index[name] for name in adapter_names], device=device)  # (B,) task per sample
+        self._layouts: dict[tuple, tuple] = {}
+        self._row_tasks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def row_tasks(self, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(task of each attention row, each task's rows) for an attention call over ``rows`` rows.
+
+        Windowed attention (Swin) runs ``B * windows`` rows, sample-major; every other backbone ``B``.
+        """
+        if rows not in self._row_tasks:
+            if rows % len(self.task):
+                raise ValueError(f"An attention over {rows} rows cannot be split into {len(self.task)} samples.")
+            task = self.task.repeat_interleave(rows // len(self.task))
+            self._row_tasks[rows] = (task, [(task == i).nonzero().flatten() for i in range(len(self.names))])
+        return self._row_tasks[rows]
+
+    def banks(self, layer: "PromptAdapterLayer") -> list[Optional["PromptBank"]]:
+        """Each task's bank in ``layer`` (``None``: the base model, or an adapter this layer does not hold)."""
+        return [layer.banks[name] if name in layer.banks else None for name in self.names]
+
+    def sequence_slots(self, layer: "PromptAdapterLayer") -> tuple[int, int]:
+        """(slots the batch reserves in the sequence, the block that opens them); (0, -1) when none."""
+        banks = [bank for bank in self.banks(layer) if bank is not None and bank.sequence_tokens]
+        if not banks:
+            return 0, -1
+        return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
+
+    # ---------------------------------------------------------------------------------- sequence path
+    def layer_inputs(self, layer: "PromptAdapterLayer", index: int, args: tuple, kwargs: dict, open_mask) -> Any:
+        """Open the slots at the first prompted block, then write each task's prompts into its samples' slots.
+
+        ``open_mask(args, kwargs, length, count, at)`` widens a mask the model built for the real tokens.
+        """
+        slots, opening = self.sequence_slots(layer)
+        if slots == 0 or index < opening:
+            return None
+        hidden, n = args[0], layer.num_special_tokens
+        if index == opening:
+            padding = hidden.new_zeros(hidden.shape[0], slots, hidden.shape[2])
+            hidden = torch.cat([hidden[:, :n], padding, hidden[:, n:]], dim=1)
+        writers = [
+            (task, bank, bank.layer_slots[index])
+            for task, bank in enumerate(self.banks(layer))
+            if bank is not None and bank.sequence_tokens and index in bank.layer_slots
+        ]
+        if writers:
+            table = hidden.new_zeros(len(self.names), slots, hidden.shape[2])
+            write = torch.zeros(len(self.names), slots, dtype=torch.bool, device=hidden.device)
+            for task, bank, slot in writers:
+                table[task, : bank.num_prompts] = bank.prompts(slot, 1, hidden.dtype)[0]
+                write[task, : bank.num_prompts] = True
+            region = torch.where(write[self.task][..., None], table[self.task], hidden[:, n : n + slots])
+            hidden = torch.cat([hidden[:, :n], region, hidden[:, n + slots :]], dim=1)
+        return open_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - slots, slots, n)
+
+    # ---------------------------------------------------------------------------------- attention
+    def key_groups(
+        self, layer: "PromptAdapterLayer", index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
+    ) -> Optional[list[KeyGroup]]:
+        """The key layouts of block ``index``'s attention, or ``None`` when it is the base model's for all."""
+        slots, opening = self.sequence_slots(layer)
+        open_slots = slots if 0 <= opening <= index else 0
+        layouts: dict[tuple[int, int], list[int]] = {}
+        extras: list[Optional[ExtraKeyValues]] = []
+        for task, bank in enumerate(self.banks(layer)):
+            extra = None
+            if bank is not None:
+                extra = bank.extra_key_values(
+                    index, norm, attention, 1, hidden.dtype, layer.k_proj, layer.v_proj, layer.head_dims[index]
+                )
+            real = bank.sequence_tokens if bank is not None and open_slots and index >= bank.first_layer else 0
+            extras.append(extra)
+            layouts.setdefault((real, 0 if extra is None else extra.num_tokens), []).append(task)
+        if len(layouts) == 1 and next(iter(layouts))[0] == open_slots and all(e is None for e in extras):
+            return None
+        ensure_installed(attention.config)
+        groups = []
+        for (real, _), tasks in layouts.items():
+            rows, positions = self._layout(tuple(tasks), real, open_slots, layer.num_special_tokens, hidden.shape[:2])
+            groups.append(KeyGroup(rows, positions, self._gather(extras, tasks, hidden.shape[0])))
+        return groups
+
+    def _layout(self, tasks: tuple[int, ...], real: int, slots: int, n: int, shape: torch.Size):
+        """(rows, positions) of a layout: ``None`` for all rows / all positions (cached: blocks repeat them)."""
+        key = (tasks, real, slots, tuple(shape))
+        if key not in self._layouts:
+            task_rows = self.row_tasks(shape[0])[1]
+            length = shape[1]
+            rows = None if len(tasks) == len(self.names) else torch.cat([task_rows[t] for t in tasks])
+            positions = None
+            if real < slots:
+                device = self.task.device
+                positions = torch.cat([torch.arange(n + real, device=device), torch.arange(n + slots, length, device=device)])
+            self._layouts[key] = (rows, positions)
+        return self._layouts[key]
+
+    def _gather(self, extras: list[Optional[ExtraKeyValues]], tasks: list[int], rows: int) -> Optional[ExtraKeyValues]:
+        """One batch of extra keys/values for ``tasks``' attention rows, in the row order of their layout."""
+        chosen = [extras[t] for t in tasks]
+        if chosen[0] is None:
+            return None
+        if len(tasks) == 1:
+            return chosen[0]  # batch 1: broadcast over the task's samples, as a single-task batch does
+        row_task, task_rows = self.row_tasks(rows)
+        counts = torch.tensor([len(task_rows[t]) for t in tasks], device=self.task.device)
+        local = torch.repeat_interleave(torch.arange(len(tasks), device=self.task.device), counts)
+        if len(tasks) == len(self.names):
+            local = row_task  # rows in batch order
+        key = torch.cat([e.key for e in chosen])[local]
+        value = torch.cat([e.value for e in chosen])[local]
+        keep = None
+        if any(e.keep is not None for e in chosen):
+            keep = torch.cat([_keep_or_ones(e, 1) for e in chosen])[local]
+        return ExtraKeyValues(key, value, keep)
+
+
+# -------------------------------------------------------------------------------------- heads
+def head_width(wrapper: ModulesToSaveWrapper, name: str) -> Optional[int]:
+    module = wrapper.original_module if name == BASE_ADAPTER else wrapper.modules_to_save[name]
+    return getattr(module, "out_features", None)
+
+
+def _pass_adapter_names(adapter_names: list[str], module: nn.Module, args: tuple, kwargs: dict):
+    return args, {**kwargs, "adapter_names": adapter_names}
+
+
+def _pad_logits(width: int, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return nn.functional.pad(output, (0, width - output.shape[-1]), value=float("-inf"))
+
+
+@contextmanager
+def serve_mixed_batch(model: nn.Module, layers: list["PromptAdapterLayer"], adapter_names: Sequence[str],
+                      known: Sequence[str], args: tuple, kwargs: dict) -> Iterator[None]:
+    """Validate ``adapter_names``, then run one forward with per-sample prompts and heads."""
+    adapter_names = _check_names(adapter_names, known, args, kwargs)
+    if model.training:
+        raise ValueError("adapter_names (mixed-task batches) is for inference: call model.eval() first.")
+    wrappers = [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
+    handles = []
+    try:
+        for wrapper in wrappers:
+            missing = [n for n in set(adapter_names) - {BASE_ADAPTER} if n not in wrapper.modules_to_save]
+            if missing:
+                raise ValueError(f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}.")
+            handles.append(wrapper.register_forward_pre_hook(partial(_pass_adapter_names, adapter_names), with_kwargs=True))
+            widths = {head_width(wrapper, name) for name in adapter_names}
+            if len(widths) > 1 and None not in widths:
+                if kwargs.get("labels") is not None:
+                    raise ValueError(
+                        f"The tasks in this batch have heads of different sizes {sorted(widths)}; the model cannot "
+                        "compute one loss over them. Drop labels and compute each task's loss from its logits."
+                    )
+                heads = [wrapper.original_module, *wrapper.modules_to_save.values()]
+                handles += [head.register_forward_hook(partial(_pad_logits, max(widths))) for head in heads]
+        device = next((p.device for p in model.parameters()), None)
+        plan = MixedBatch(adapter_names, device)
+        for layer in layers:
+            layer.mixed_batch = plan
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in layers:
+            layer.mixed_batch = None
+
+
+def _check_names(adapter_names: Any, known: Sequence[str], args: tuple, kwargs: dict) -> list[str]:
+    if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+        raise TypeError(f"adapter_names must be a list of adapter names, one per sample, got {adapter_names!r}.")
+    adapter_names = list(adapter_names)
+    unknown = sorted(set(adapter_names) - set(known) - {BASE_ADAPTER})
+    if unknown:
+        raise ValueError(f"Unknown adapter(s) {unknown} in adapter_names; this model has {sorted(known)} "
+                         f"(and {BASE_ADAPTER!r} for the base model).")
+    pixels = kwargs.get("pixel_values", args[0] if args else None)
+    if isinstance(pixels, torch.Tensor) and len(pixels) != len(adapter_names):
+        raise ValueError(f"adapter_names has {len(adapter_names)} names for a batch of {len(pixels)} samples.")
+    return adapter_names
+
+
+def split_logits(logits: torch.Tensor, adapter_names: Sequence[str], model: nn.Module) -> list[torch.Tensor]:
+    """Each sample's logits at its task's size: row ``i`` of a mixed batch cut to its head's classes.
+
+    A mixed batch whose tasks have heads of different sizes returns logits padded to the widest head with
+    ``-inf`` (so ``argmax``/``softmax`` need no cutting); this undoes the padding.
+    """
+    wrapper = next(m for m in model.modules() if isinstance(m, ModulesToSaveWrapper))
+    return [row[: head_width(wrapper, name)] for row, name in zip(logits, adapter_names)]
