@@ -38,3 +38,33 @@ def test_fast_path_equals_sequence_path(method, family, attn, pixels):
     assert seq_grads.keys() == kv_grads.keys() and any("prompt" in k for k in kv_grads)
     for name in seq_grads:
         torch.testing.assert_close(kv_grads[name], seq_grads[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["vpt", "e2vpt"])
+def test_prompt_dropout_in_training_draws_the_same_masks_on_both_paths(method, pixels):
+    """Both paths draw each layer's (batch, p, d) dropout mask in the same order: same RNG, same result."""
+    logits = []
+    for path in ("kv", "sequence"):
+        config = METHODS[method](path)
+        config.prompt_dropout = 0.5
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_vit(), config).train()
+        torch.manual_seed(1)
+        logits.append(model(pixels).logits)
+        with torch.no_grad():
+            assert not torch.allclose(logits[-1], model.eval()(pixels).logits), "dropout was not active"
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["vpt", "vfpt", "e2vpt"])
+def test_fast_path_runs_in_bfloat16(method, pixels):
+    torch.manual_seed(0)
+    model32 = get_peft_model(tiny_vit(), METHODS[method]("kv")).eval()
+    model16 = copy.deepcopy(model32).to(torch.bfloat16)
+    want = model32(pixels).logits
+    got = model16(pixels.to(torch.bfloat16)).logits
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.05)
+    got.float().sum().backward()
+    grads = [p.grad for n, p in model16.named_parameters() if "prompt_adapter" in n and p.grad is not None]
+    assert grads and all(torch.isfinite(g.float()).all() for g in grads)
