@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests bench examples docs
+	$(PY) -m ruff format --check --quiet src tests bench examples docs
 	$(PY) -m pytest -q
 	$(PY) -m mkdocs build --strict --quiet --site-dir $(VENV)/site
 

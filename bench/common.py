@@ -23,8 +23,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import torch
 from peft import PeftConfig, get_peft_model
@@ -51,8 +52,8 @@ def describe_environment(device: str) -> str:
         machine = torch.cuda.get_device_name()
     else:
         machine = f"{_cpu_model()}, {os.cpu_count()} cores visible, {torch.get_num_threads()} thread(s)"
-    import transformers
     import peft
+    import transformers
 
     return (
         f"{datetime.date.today().isoformat()} | {device}: {machine} | torch {torch.__version__}, "
@@ -176,7 +177,9 @@ def time_round_robin(variants: Sequence[Variant], steps: int, warmup: int, devic
             if round_index >= warmup:
                 timings[variant.name].wall.append(time.perf_counter() - wall)
                 timings[variant.name].cpu.append(time.process_time() - cpu)
-        print(f"  round {round_index + 1}/{warmup + steps}{' (warmup)' if round_index < warmup else ''} done", flush=True)
+        print(
+            f"  round {round_index + 1}/{warmup + steps}{' (warmup)' if round_index < warmup else ''} done", flush=True
+        )
     return timings
 
 

@@ -24,6 +24,10 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+from peft import get_peft_model
+from torch import nn
+from transformers import CLIPConfig, CLIPModel
+
 from common import (
     Variant,
     describe_environment,
@@ -34,18 +38,17 @@ from common import (
     step_memory,
     time_round_robin,
 )
-from peft import get_peft_model
-from torch import nn
-from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from tests.clip_helpers import CLASSES, tiny_tokenizer
+
 from vpt_peft import DualPromptConfig
 
 SMALL = dict(
     text_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
-    vision_config=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                       image_size=96, patch_size=16),
+    vision_config=dict(
+        hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, image_size=96, patch_size=16
+    ),
     projection_dim=128,
 )
 
@@ -63,11 +66,18 @@ class PlainClip(nn.Module):
 
 
 def build(args, tokenizer) -> tuple[CLIPModel, dict]:
-    ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     sizes = {} if args.vit_b32 else SMALL
-    config = CLIPConfig(text_config={**sizes.get("text_config", {}), **ids}, vision_config=sizes.get("vision_config"),
-                        **({"projection_dim": sizes["projection_dim"]} if sizes else {}))
+    config = CLIPConfig(
+        text_config={**sizes.get("text_config", {}), **ids},
+        vision_config=sizes.get("vision_config"),
+        **({"projection_dim": sizes["projection_dim"]} if sizes else {}),
+    )
     torch.manual_seed(0)
     clip = CLIPModel(config).to(args.device).eval()
     clip.set_attn_implementation("sdpa")
@@ -97,29 +107,46 @@ def main(argv=None) -> None:
     }
     variants, text_rows = [], []
     for name, overrides in configs.items():
-        model = get_peft_model(copy.deepcopy(clip), DualPromptConfig(class_names=CLASSES, tokenizer=tokenizer, **overrides))
+        model = get_peft_model(
+            copy.deepcopy(clip), DualPromptConfig(class_names=CLASSES, tokenizer=tokenizer, **overrides)
+        )
         variants.append(Variant(name, model.train(), pixels, labels))
-    class_ids = variants[-1].model.base_model.model.text_model.embeddings.prompt_adapter.dpt_text["default"].template_token_ids
+    class_ids = (
+        variants[-1].model.base_model.model.text_model.embeddings.prompt_adapter.dpt_text["default"].template_token_ids
+    )
     plain = copy.deepcopy(clip).train()
     variants.insert(0, Variant("CLIP fwd/bwd", PlainClip(plain, class_ids), pixels, labels))
 
     dpt = variants[-1].model.base_model.model
-    dpt.text_model.register_forward_pre_hook(lambda m, a, kw: text_rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    dpt.text_model.register_forward_pre_hook(
+        lambda m, a, kw: text_rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     variants[-1].step()  # caches the template features
     text_rows.clear()
     variants[-1].step()
     assert text_rows == [len(CLASSES), 1], f"class prompts must be encoded once per step, saw text batches {text_rows}"
 
     print(describe_environment(args.device))
-    print(f"CLIP {'ViT-B/32' if args.vit_b32 else 'small'}, batch {args.batch}, {len(CLASSES)} classes, {steps} timed rounds")
+    print(
+        f"CLIP {'ViT-B/32' if args.vit_b32 else 'small'}, batch {args.batch}, {len(CLASSES)} classes, "
+        f"{steps} timed rounds"
+    )
     timings = time_round_robin(variants, steps, warmup, args.device)
     memory = {v.name: step_memory(v, args.device) for v in variants}
     base = variants[0].name
     rows = []
     for variant in variants:
         wall, cpu = paired_ratios(timings[variant.name], timings[base])
-        rows.append((variant.name, f"{timings[variant.name].median_wall * 1e3:.1f}", f"{wall:.2f}x", f"{cpu:.2f}x",
-                     mib(memory[variant.name].total), f"{memory[variant.name].total / memory[base].total:.2f}x"))
+        rows.append(
+            (
+                variant.name,
+                f"{timings[variant.name].median_wall * 1e3:.1f}",
+                f"{wall:.2f}x",
+                f"{cpu:.2f}x",
+                mib(memory[variant.name].total),
+                f"{memory[variant.name].total / memory[base].total:.2f}x",
+            )
+        )
     print(markdown_table(["variant", "step ms", "wall vs CLIP", "CPU vs CLIP", "step MiB", "memory vs CLIP"], rows))
 
 

@@ -10,10 +10,19 @@ run, against the floor (the frozen base model's forward + backward to its input)
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import vpt_peft
-from common import describe_environment, floor_variant, markdown_table, paired_ratios, prompt_variant, setup, time_round_robin
+from common import (
+    describe_environment,
+    floor_variant,
+    markdown_table,
+    paired_ratios,
+    prompt_variant,
+    setup,
+    time_round_robin,
+)
 
 PRUNED = (0.0, 0.5, 0.75)
 
@@ -21,9 +30,7 @@ PRUNED = (0.0, 0.5, 0.75)
 def pruned_config(prompts: int, kv_prompts: int, fraction: float, path: str) -> vpt_peft.KVPromptConfig:
     """The config ``prune_prompts`` leaves behind after pruning ``fraction`` of the visual prompts."""
     kept = prompts - int(prompts * fraction)
-    return vpt_peft.KVPromptConfig(
-        num_prompts=kept, num_kv_prompts=kv_prompts, pruned=fraction > 0, prompt_path=path
-    )
+    return vpt_peft.KVPromptConfig(num_prompts=kept, num_kv_prompts=kv_prompts, pruned=fraction > 0, prompt_path=path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -40,12 +47,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     steps = args.steps or (2 if args.quick else 8)
     setup(args.device)
     print(f"## E2VPT pruning\n\n{describe_environment(args.device)}")
-    print(f"batch {args.batch}, {args.prompts} visual + {args.kv_prompts} key-value prompts per layer, "
-          f"prompt_path={args.prompt_path}, {steps} timed steps, interleaved\n", flush=True)
+    print(
+        f"batch {args.batch}, {args.prompts} visual + {args.kv_prompts} key-value prompts per layer, "
+        f"prompt_path={args.prompt_path}, {steps} timed steps, interleaved\n",
+        flush=True,
+    )
     floor = floor_variant(args.batch, args.device)
     variants = [floor] + [
-        prompt_variant(f"{int(f * 100)}% pruned", pruned_config(args.prompts, args.kv_prompts, f, args.prompt_path),
-                       args.batch, args.device)
+        prompt_variant(
+            f"{int(f * 100)}% pruned",
+            pruned_config(args.prompts, args.kv_prompts, f, args.prompt_path),
+            args.batch,
+            args.device,
+        )
         for f in PRUNED
     ]
     timings = time_round_robin(variants, steps, args.warmup, args.device)
@@ -55,10 +69,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         t = timings[variant.name]
         vs_floor = paired_ratios(t, timings["floor"])
         vs_unpruned = paired_ratios(t, unpruned)
-        rows.append((variant.name, f"{t.median_cpu:.3f}", f"{vs_floor[1]:.3f} ({vs_floor[0]:.3f})",
-                     f"{vs_unpruned[1]:.3f} ({vs_unpruned[0]:.3f})"))
-    print("\n" + markdown_table(
-        ("variant", "median CPU s", "vs floor: CPU (wall)", "vs 0% pruned: CPU (wall)"), rows))
+        rows.append(
+            (
+                variant.name,
+                f"{t.median_cpu:.3f}",
+                f"{vs_floor[1]:.3f} ({vs_floor[0]:.3f})",
+                f"{vs_unpruned[1]:.3f} ({vs_unpruned[0]:.3f})",
+            )
+        )
+    print("\n" + markdown_table(("variant", "median CPU s", "vs floor: CPU (wall)", "vs 0% pruned: CPU (wall)"), rows))
 
 
 if __name__ == "__main__":

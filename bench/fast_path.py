@@ -11,7 +11,8 @@ interleaved in one process, so every ratio compares steps taken under the same l
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import vpt_peft
 from common import (
@@ -75,23 +76,40 @@ def speed_table(prompts: Sequence[int], timings: dict[str, Timing]) -> str:
     for p in prompts:
         kv, seq = timings[name("kv", p)], timings[name("sequence", p)]
         vs_seq, vs_floor = ratios(kv, seq), ratios(kv, floor)
-        rows.append((
-            p, f"{kv.median_wall:.2f}", f"{kv.median_cpu:.2f}", f"{seq.median_wall:.2f}", f"{seq.median_cpu:.2f}",
-            f"{vs_seq[0]:.3f}", f"{vs_seq[1]:.3f}", f"{vs_floor[0]:.3f}", f"{vs_floor[1]:.3f}",
-        ))
+        rows.append(
+            (
+                p,
+                f"{kv.median_wall:.2f}",
+                f"{kv.median_cpu:.2f}",
+                f"{seq.median_wall:.2f}",
+                f"{seq.median_cpu:.2f}",
+                f"{vs_seq[0]:.3f}",
+                f"{vs_seq[1]:.3f}",
+                f"{vs_floor[0]:.3f}",
+                f"{vs_floor[1]:.3f}",
+            )
+        )
     headers = (
-        "p", "kv wall s", "kv CPU s", "seq wall s", "seq CPU s",
-        "kv/seq wall", "kv/seq CPU", "kv/floor wall", "kv/floor CPU",
+        "p",
+        "kv wall s",
+        "kv CPU s",
+        "seq wall s",
+        "seq CPU s",
+        "kv/seq wall",
+        "kv/seq CPU",
+        "kv/floor wall",
+        "kv/floor CPU",
     )
-    floor_line = f"floor (frozen base ViT, input gradients): median wall {floor.median_wall:.2f} s, CPU {floor.median_cpu:.2f} s"
+    floor_line = (
+        f"floor (frozen base ViT, input gradients): median wall {floor.median_wall:.2f} s, CPU {floor.median_cpu:.2f} s"
+    )
     return floor_line + "\n\n" + markdown_table(headers, rows)
 
 
 def memory_table(memory: dict[str, StepMemory]) -> str:
     full = memory["full fine-tuning"].total
     rows = [
-        (variant, mib(m.saved), mib(m.grads), mib(m.total), f"{m.total / full:.2f}")
-        for variant, m in memory.items()
+        (variant, mib(m.saved), mib(m.grads), mib(m.total), f"{m.total / full:.2f}") for variant, m in memory.items()
     ]
     return markdown_table(("variant", "saved for backward MiB", "gradients MiB", "step total MiB", "/ full FT"), rows)
 
@@ -103,7 +121,8 @@ def goal_lines(prompts: Sequence[int], timings: dict[str, Timing], memory: dict[
         for label, other, limit in (("in-sequence", seq, SPEED_VS_SEQUENCE), ("floor", floor, SPEED_VS_FLOOR)):
             medians, paired = ratios(kv, other), paired_ratios(kv, other)
             lines.append(
-                f"p={SPEED_P} kv / {label} <= {limit}: ratio of medians wall {medians[0]:.3f} ({verdict(medians[0], limit)}), "
+                f"p={SPEED_P} kv / {label} <= {limit}: "
+                f"ratio of medians wall {medians[0]:.3f} ({verdict(medians[0], limit)}), "
                 f"CPU {medians[1]:.3f} ({verdict(medians[1], limit)}); median per-round ratio wall {paired[0]:.3f}, "
                 f"CPU {paired[1]:.3f}"
             )
@@ -122,8 +141,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     setup(args.device)
     print(f"## Fast path vs in-sequence path vs floor\n\n{describe_environment(args.device)}")
-    print(f"batch {args.batch}, deep VPT, p in {args.prompts}, {args.steps} timed steps after {args.warmup} warmup, "
-          "all variants interleaved\n", flush=True)
+    print(
+        f"batch {args.batch}, deep VPT, p in {args.prompts}, {args.steps} timed steps after {args.warmup} warmup, "
+        "all variants interleaved\n",
+        flush=True,
+    )
     variants = build_variants(args.prompts, args.batch, args.device)
     timings = time_round_robin(variants, args.steps, args.warmup, args.device)
     print("\n" + speed_table(args.prompts, timings) + "\n", flush=True)

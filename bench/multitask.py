@@ -17,8 +17,9 @@ Goal: mixed / single >= 0.97 in throughput (i.e. mixed time / single time <= 1/0
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from peft import get_peft_model
@@ -29,7 +30,9 @@ from common import SEED, Timing, describe_environment, markdown_table, paired_ra
 
 TASKS = 4
 GOAL = 0.97
-QUICK = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, image_size=128, patch_size=8)
+QUICK = dict(
+    hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, image_size=128, patch_size=8
+)
 
 
 @dataclass
@@ -85,11 +88,28 @@ def report(timings: dict[str, Timing], batch: int) -> str:
     rows = []
     for name, timing in timings.items():
         medians, paired = ratios(single, timing), paired_ratios(single, timing)  # throughput vs single
-        rows.append((
-            name, f"{timing.median_wall:.3f}", f"{timing.median_cpu:.3f}", f"{batch / timing.median_wall:.1f}",
-            f"{medians[0]:.3f}", f"{medians[1]:.3f}", f"{paired[0]:.3f}", f"{paired[1]:.3f}",
-        ))
-    headers = ("variant", "wall s", "CPU s", "images/s", "thr. vs single wall", "CPU", "per-round wall", "per-round CPU")
+        rows.append(
+            (
+                name,
+                f"{timing.median_wall:.3f}",
+                f"{timing.median_cpu:.3f}",
+                f"{batch / timing.median_wall:.1f}",
+                f"{medians[0]:.3f}",
+                f"{medians[1]:.3f}",
+                f"{paired[0]:.3f}",
+                f"{paired[1]:.3f}",
+            )
+        )
+    headers = (
+        "variant",
+        "wall s",
+        "CPU s",
+        "images/s",
+        "thr. vs single wall",
+        "CPU",
+        "per-round wall",
+        "per-round CPU",
+    )
     return markdown_table(headers, rows)
 
 
@@ -117,8 +137,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     setup(args.device)
     config = ViTConfig(num_labels=100, **(QUICK if args.quick else {}))
     print(f"## Multi-task serving\n\n{describe_environment(args.device)}")
-    print(f"{'quick ViT' if args.quick else 'ViT-B/16'}, batch {args.batch}, {TASKS} tasks of VPT-deep p={args.prompts} "
-          f"(kv path), inference, {args.steps} timed passes after {args.warmup} warmup, interleaved\n", flush=True)
+    print(
+        f"{'quick ViT' if args.quick else 'ViT-B/16'}, batch {args.batch}, {TASKS} tasks of VPT-deep p={args.prompts} "
+        f"(kv path), inference, {args.steps} timed passes after {args.warmup} warmup, interleaved\n",
+        flush=True,
+    )
     variants = build_variants(config, args.batch, args.prompts, args.device)
     timings = time_round_robin(variants, args.steps, args.warmup, args.device)
     print("\n" + report(timings, args.batch) + "\n")

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
 import vpt_peft
-from vpt_peft.tuners.vfpt import FourierPromptBank
-
 from common import (
     Timing,
     Variant,
@@ -34,6 +33,7 @@ from common import (
     time_round_robin,
     verdict,
 )
+from vpt_peft.tuners.vfpt import FourierPromptBank
 
 GOAL = 1.03
 
@@ -74,8 +74,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     setup(args.device)
     print(f"## VFPT overhead\n\n{describe_environment(args.device)}")
-    print(f"batch {args.batch}, {args.prompts} deep prompts, prompt_path={args.prompt_path}, "
-          f"{args.steps} timed steps after {args.warmup} warmup, interleaved\n", flush=True)
+    print(
+        f"batch {args.batch}, {args.prompts} deep prompts, prompt_path={args.prompt_path}, "
+        f"{args.steps} timed steps after {args.warmup} warmup, interleaved\n",
+        flush=True,
+    )
     shared = dict(num_prompts=args.prompts, deep=True, prompt_path=args.prompt_path)
     vpt = prompt_variant("VPT", vpt_peft.VisualPromptConfig(**shared), args.batch, args.device)
     vfpt = prompt_variant("VFPT", vpt_peft.FourierPromptConfig(**shared, fourier_ratio=0.5), args.batch, args.device)
@@ -87,16 +90,32 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     medians = ratios(timings["VFPT"], timings["VPT"])
     paired = paired_ratios(timings["VFPT"], timings["VPT"])
     fft, vpt_step = transform_timing(vfpt, args.batch, args.device), timings["VPT"]
-    print(f"VFPT transforms alone (forward + backward, all prompted layers): wall {fft.median_wall * 1e3:.1f} ms "
-          f"({fft.median_wall / vpt_step.median_wall:.2%} of the median VPT step), CPU {fft.median_cpu * 1e3:.1f} ms "
-          f"({fft.median_cpu / vpt_step.median_cpu:.2%})\n")
-    print(markdown_table(
-        ("VFPT / VPT", "wall", "CPU", f"goal <= {GOAL}"),
-        [
-            ("ratio of medians", f"{medians[0]:.3f}", f"{medians[1]:.3f}", f"wall {verdict(medians[0], GOAL)}, CPU {verdict(medians[1], GOAL)}"),
-            ("median of per-round ratios", f"{paired[0]:.3f}", f"{paired[1]:.3f}", f"wall {verdict(paired[0], GOAL)}, CPU {verdict(paired[1], GOAL)}"),
-        ],
-    ) + "\n", flush=True)
+    print(
+        f"VFPT transforms alone (forward + backward, all prompted layers): wall {fft.median_wall * 1e3:.1f} ms "
+        f"({fft.median_wall / vpt_step.median_wall:.2%} of the median VPT step), CPU {fft.median_cpu * 1e3:.1f} ms "
+        f"({fft.median_cpu / vpt_step.median_cpu:.2%})\n"
+    )
+    print(
+        markdown_table(
+            ("VFPT / VPT", "wall", "CPU", f"goal <= {GOAL}"),
+            [
+                (
+                    "ratio of medians",
+                    f"{medians[0]:.3f}",
+                    f"{medians[1]:.3f}",
+                    f"wall {verdict(medians[0], GOAL)}, CPU {verdict(medians[1], GOAL)}",
+                ),
+                (
+                    "median of per-round ratios",
+                    f"{paired[0]:.3f}",
+                    f"{paired[1]:.3f}",
+                    f"wall {verdict(paired[0], GOAL)}, CPU {verdict(paired[1], GOAL)}",
+                ),
+            ],
+        )
+        + "\n",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

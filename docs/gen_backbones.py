@@ -72,7 +72,9 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         page = Path(__file__).with_name("backbones.md").read_text(encoding="utf-8")
         if text not in page:
-            print("docs/backbones.md is out of date; paste the output of `python docs/gen_backbones.py`.", file=sys.stderr)
+            print(
+                "docs/backbones.md is out of date; paste the output of `python docs/gen_backbones.py`.", file=sys.stderr
+            )
             return 1
         return 0
     print(text)

@@ -27,17 +27,25 @@ from vpt_peft.viz import plot_accuracy_vs_params, plot_training_curves, save_att
 
 TASKS = ("noisy", "inverted", "orientation", "loops")
 # Base lrs (for batch 256) picked from the papers' grid by a small search on the noisy and inverted tasks
-# (linear probe 10 > 25; full FT 0.05 > 0.01, 0.5; shallow 2.5 > 5; deep prompts 1 > 0.25, 2.5, 25); prompt counts as the papers' small settings; VFPT's Fourier share
-# by the paper's rule (natural tasks 0.5, specialized/structured 1.0).
+# (linear probe 10 > 25; full FT 0.05 > 0.01, 0.5; shallow 2.5 > 5; deep prompts 1 > 0.25, 2.5, 25);
+# prompt counts as the papers' small settings; VFPT's Fourier share by the paper's rule
+# (natural tasks 0.5, specialized/structured 1.0).
 METHODS = (
     Method("linear probe", lambda group: VisualPromptConfig(num_prompts=0), base_lr=10.0),
     Method("full FT", None, base_lr=0.05),
     Method("VPT shallow", lambda group: VisualPromptConfig(num_prompts=10), base_lr=2.5),
     Method("VPT deep", lambda group: VisualPromptConfig(num_prompts=10, deep=True), base_lr=1.0),
-    Method("VFPT", lambda group: FourierPromptConfig(
-        num_prompts=10, deep=True, fourier_ratio=0.5 if group == "natural" else 1.0), base_lr=1.0),
-    Method("E2VPT", lambda group: KVPromptConfig(num_prompts=10, num_kv_prompts=5), base_lr=1.0,
-           prune={"token_ratio": 0.5, "segment_ratio": 0.25}),
+    Method(
+        "VFPT",
+        lambda group: FourierPromptConfig(num_prompts=10, deep=True, fourier_ratio=0.5 if group == "natural" else 1.0),
+        base_lr=1.0,
+    ),
+    Method(
+        "E2VPT",
+        lambda group: KVPromptConfig(num_prompts=10, num_kv_prompts=5),
+        base_lr=1.0,
+        prune={"token_ratio": 0.5, "segment_ratio": 0.25},
+    ),
 )
 
 
@@ -54,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
 
     backbone, backbone_dir = pretrained_digits_vit(epochs=pre_epochs)
     plain_acc = evaluate(backbone, digits_task("plain")[1])
-    print(f"foundation model: ViT, {sum(p.numel() for p in backbone.parameters()):,} parameters, "
-          f"plain-digits accuracy {plain_acc:.3f} (cached in {backbone_dir})")
+    print(
+        f"foundation model: ViT, {sum(p.numel() for p in backbone.parameters()):,} parameters, "
+        f"plain-digits accuracy {plain_acc:.3f} (cached in {backbone_dir})"
+    )
 
     rows, curves = [], {}
     for task in TASKS[::3] if args.quick else TASKS:
@@ -64,13 +74,27 @@ def main(argv: list[str] | None = None) -> None:
             test = (test[0][:100], test[1][:100])
         curves[task] = {}
         for method in METHODS:
-            row, curve, model = run_method(method, task, info.group, info.num_labels, backbone_dir, train, test, out,
-                                           epochs=epochs, warmup_epochs=warmup)
+            row, curve, model = run_method(
+                method,
+                task,
+                info.group,
+                info.num_labels,
+                backbone_dir,
+                train,
+                test,
+                out,
+                epochs=epochs,
+                warmup_epochs=warmup,
+            )
             rows.append(row)
             curves[task][method.name] = curve.accuracies
             if method.name == "VPT deep":
-                save_attention_maps(model, test[0][:1], out / "attention" / f"{task}-vpt-deep.png",
-                                    title=f"{task} ({info.description}): VPT deep, label {int(test[1][0])}")
+                save_attention_maps(
+                    model,
+                    test[0][:1],
+                    out / "attention" / f"{task}-vpt-deep.png",
+                    title=f"{task} ({info.description}): VPT deep, label {int(test[1][0])}",
+                )
 
     print("\n" + format_table(rows))
     print("\n" + "\n".join(verdicts(rows)))
@@ -78,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     plot_accuracy_vs_params(rows, out / "accuracy_vs_trainable.png")
     plot_training_curves(curves, out / "training_curves.png")
     print(f"\nEvery adapter was reloaded onto a fresh backbone with identical logits ({len(rows)} checked).")
-    print(f"Wrote {csv_path}, {md_path}, accuracy_vs_trainable.png, training_curves.png, attention/*.png and "
-          f"adapters/ to {out.resolve()} in {time.perf_counter() - started:.0f} s.")
+    print(
+        f"Wrote {csv_path}, {md_path}, accuracy_vs_trainable.png, training_curves.png, attention/*.png and "
+        f"adapters/ to {out.resolve()} in {time.perf_counter() - started:.0f} s."
+    )
     print("Tasks:", "; ".join(f"{t} ({DIGIT_TASKS[t].group}): {DIGIT_TASKS[t].description}" for t in TASKS))
     print("(Quick mode: 2 epochs on tiny splits; the numbers mean nothing.)" if args.quick else "")
 

@@ -20,11 +20,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import PeftModel, get_peft_model
+from quickstart import CACHE, digits, pretrained_backbone, train
 from transformers import ViTForImageClassification
 
 import vpt_peft  # noqa: F401  (registers the methods with peft)
-from peft import PeftModel, get_peft_model
-from quickstart import CACHE, accuracy, digits, pretrained_backbone, train
 from vpt_peft import BASE_ADAPTER, VisualPromptConfig
 
 
@@ -65,8 +65,9 @@ def main() -> None:
         adapter_bytes = folder_bytes(root)
 
         names = list(data)
-        served = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(CACHE), root / names[0],
-                                           adapter_name=names[0])
+        served = PeftModel.from_pretrained(
+            ViTForImageClassification.from_pretrained(CACHE), root / names[0], adapter_name=names[0]
+        )
         for name in names[1:]:
             served.load_adapter(root / name, adapter_name=name)
         served.eval()
@@ -102,9 +103,11 @@ def main() -> None:
     model_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
     fine_tuned = len(names) * model_bytes
     shared = model_bytes + adapter_bytes
-    print(f"\nthree fully fine-tuned models: {fine_tuned:,} bytes; one backbone + three adapters: {shared:,} bytes "
-          f"(adapters {adapter_bytes:,} bytes); memory saved: {fine_tuned - shared:,} bytes "
-          f"({100 * (1 - shared / fine_tuned):.1f}%)")
+    print(
+        f"\nthree fully fine-tuned models: {fine_tuned:,} bytes; one backbone + three adapters: {shared:,} bytes "
+        f"(adapters {adapter_bytes:,} bytes); memory saved: {fine_tuned - shared:,} bytes "
+        f"({100 * (1 - shared / fine_tuned):.1f}%)"
+    )
     if not identical:
         raise SystemExit("the mixed batch does not reproduce each task's own predictions")
     print("mixed batch logits identical to each task served alone")

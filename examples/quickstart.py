@@ -18,15 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
 from sklearn.datasets import load_digits
 from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTForImageClassification
 
 import vpt_peft  # noqa: F401  (registers the methods with peft)
-from peft import PeftModel, get_peft_model
 from vpt_peft import VisualPromptConfig
 
 CACHE = Path(os.environ.get("VPT_PEFT_CACHE", Path.home() / ".cache" / "vpt_peft")) / "quickstart-backbone"
@@ -70,8 +69,15 @@ def pretrained_backbone(epochs):
     if (CACHE / "config.json").exists():
         return ViTForImageClassification.from_pretrained(CACHE)
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                       image_size=16, patch_size=4, num_labels=10)
+    config = ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=16,
+        patch_size=4,
+        num_labels=10,
+    )
     model = train(ViTForImageClassification(config), digits()[0], epochs, 2e-3, "pretraining the backbone")
     model.save_pretrained(CACHE)
     return ViTForImageClassification.from_pretrained(CACHE)
@@ -85,8 +91,10 @@ def main() -> None:
     pre_epochs, epochs = (2, 2) if args.quick else (25, 15)
 
     backbone = pretrained_backbone(pre_epochs).eval()
-    print(f"backbone: pretrained ViT, {sum(p.numel() for p in backbone.parameters()):,} parameters, "
-          f"digits accuracy {accuracy(backbone, digits()[1]):.3f}")
+    print(
+        f"backbone: pretrained ViT, {sum(p.numel() for p in backbone.parameters()):,} parameters, "
+        f"digits accuracy {accuracy(backbone, digits()[1]):.3f}"
+    )
 
     shifted = lambda x: 1.0 - torch.rot90(x, 1, dims=(1, 2))  # noqa: E731  a new domain: rotated + inverted
     task_train, task_test = digits(shifted, seed=1)
@@ -101,7 +109,9 @@ def main() -> None:
         trainable, total = model.get_nb_trainable_parameters()
         start = time.process_time()
         train(model, task_train, epochs, 1e-2, f"training {name}")
-        rows.append((name, accuracy(model, task_test), trainable, 100 * trainable / total, time.process_time() - start, model))
+        rows.append(
+            (name, accuracy(model, task_test), trainable, 100 * trainable / total, time.process_time() - start, model)
+        )
 
     print(f"\n{'method':<14}{'accuracy':>10}{'trainable':>12}{'%':>8}{'cpu s':>8}")
     for name, acc, trainable, pct, seconds, _ in rows:
@@ -114,8 +124,10 @@ def main() -> None:
         reloaded = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(CACHE), folder).eval()
         same = torch.equal(reloaded(pixel_values=task_test[0]).logits, vpt(pixel_values=task_test[0]).logits)
     backbone_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
-    print(f"\nVPT adapter: {size:,} bytes on disk ({100 * size / backbone_bytes:.1f}% of the backbone); "
-          f"reloaded onto a fresh backbone: {'identical' if same else 'DIFFERENT'} logits")
+    print(
+        f"\nVPT adapter: {size:,} bytes on disk ({100 * size / backbone_bytes:.1f}% of the backbone); "
+        f"reloaded onto a fresh backbone: {'identical' if same else 'DIFFERENT'} logits"
+    )
     if not same:
         raise SystemExit("reloaded adapter does not reproduce the trained model")
 

@@ -5,8 +5,9 @@ A new backbone family joins every generic check in tests/test_backbones.py by ad
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from transformers import (
@@ -37,7 +38,12 @@ from transformers import (
 from vpt_peft import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
 
 TINY = dict(
-    hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
 )
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 LABELS = 3
@@ -72,7 +78,14 @@ def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
 
 VIT_LAYOUT = Layout("layernorm_before", "attention", "o_proj", "layernorm_after", _gelu, final_norm="layernorm")
 DINO_LAYOUT = Layout(
-    "norm1", "attention", "o_proj", "norm2", _gelu, "layer_scale1.lambda1", "layer_scale2.lambda1", final_norm="layernorm"
+    "norm1",
+    "attention",
+    "o_proj",
+    "norm2",
+    _gelu,
+    "layer_scale1.lambda1",
+    "layer_scale2.lambda1",
+    final_norm="layernorm",
 )
 CLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", _quick_gelu, pre_norm="pre_layrnorm")
 SIGLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", _gelu_tanh, final_norm="post_layernorm")
@@ -105,46 +118,85 @@ def _beit(**extra) -> torch.nn.Module:
 
 def _swin() -> torch.nn.Module:
     config = SwinConfig(
-        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=LABELS,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        num_labels=LABELS,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return SwinForImageClassification(config)
 
 
 CASES = [
-    BackboneCase("vit", lambda: ViTForImageClassification(ViTConfig(**TINY, **NO_DROPOUT, num_labels=LABELS)), "vit", 1, VIT_LAYOUT),
+    BackboneCase(
+        "vit",
+        lambda: ViTForImageClassification(ViTConfig(**TINY, **NO_DROPOUT, num_labels=LABELS)),
+        "vit",
+        1,
+        VIT_LAYOUT,
+    ),
     BackboneCase("vit-model", lambda: ViTModel(ViTConfig(**TINY, **NO_DROPOUT)), "", 1, VIT_LAYOUT, classifier=False),
-    BackboneCase("deit", lambda: DeiTForImageClassification(DeiTConfig(**TINY, **NO_DROPOUT, num_labels=LABELS)), "deit", 2, VIT_LAYOUT),
+    BackboneCase(
+        "deit",
+        lambda: DeiTForImageClassification(DeiTConfig(**TINY, **NO_DROPOUT, num_labels=LABELS)),
+        "deit",
+        2,
+        VIT_LAYOUT,
+    ),
     BackboneCase(
         "deit-teacher",
         lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**TINY, **NO_DROPOUT, num_labels=LABELS)),
-        "deit", 2, VIT_LAYOUT, classifier=False,
+        "deit",
+        2,
+        VIT_LAYOUT,
+        classifier=False,
     ),
     BackboneCase(
         "dinov2",
-        lambda: Dinov2ForImageClassification(Dinov2Config(**TINY, **NO_DROPOUT, layerscale_value=0.5, num_labels=LABELS)),
-        "dinov2", 1, DINO_LAYOUT,
+        lambda: Dinov2ForImageClassification(
+            Dinov2Config(**TINY, **NO_DROPOUT, layerscale_value=0.5, num_labels=LABELS)
+        ),
+        "dinov2",
+        1,
+        DINO_LAYOUT,
     ),
-    BackboneCase("dinov2-model", lambda: Dinov2Model(Dinov2Config(**TINY, **NO_DROPOUT)), "", 1, DINO_LAYOUT, classifier=False),
+    BackboneCase(
+        "dinov2-model", lambda: Dinov2Model(Dinov2Config(**TINY, **NO_DROPOUT)), "", 1, DINO_LAYOUT, classifier=False
+    ),
     BackboneCase(
         "dinov2-registers",
         lambda: Dinov2WithRegistersForImageClassification(
             Dinov2WithRegistersConfig(**TINY, **NO_DROPOUT, num_register_tokens=2, num_labels=LABELS)
         ),
-        "dinov2_with_registers", 3, DINO_LAYOUT,
+        "dinov2_with_registers",
+        3,
+        DINO_LAYOUT,
     ),
-    BackboneCase("clip-vision", lambda: CLIPVisionModel(CLIPVisionConfig(**TINY)), "", 1, CLIP_LAYOUT, classifier=False),
+    BackboneCase(
+        "clip-vision", lambda: CLIPVisionModel(CLIPVisionConfig(**TINY)), "", 1, CLIP_LAYOUT, classifier=False
+    ),
     BackboneCase(
         "clip-vision-projection",
         lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY, projection_dim=16)),
-        "vision_model", 1, CLIP_LAYOUT, classifier=False,
+        "vision_model",
+        1,
+        CLIP_LAYOUT,
+        classifier=False,
     ),
     BackboneCase(
         "siglip",
         lambda: SiglipForImageClassification(SiglipConfig(vision_config=SiglipVisionConfig(**TINY), num_labels=LABELS)),
-        "vision_model", 0, SIGLIP_LAYOUT,
+        "vision_model",
+        0,
+        SIGLIP_LAYOUT,
     ),
-    BackboneCase("siglip-vision", lambda: SiglipVisionModel(SiglipVisionConfig(**TINY)), "", 0, SIGLIP_LAYOUT, classifier=False),
+    BackboneCase(
+        "siglip-vision", lambda: SiglipVisionModel(SiglipVisionConfig(**TINY)), "", 0, SIGLIP_LAYOUT, classifier=False
+    ),
     BackboneCase("beit", lambda: _beit(use_relative_position_bias=True), "beit", 1),
     BackboneCase("beit-shared-bias", lambda: _beit(use_shared_relative_position_bias=True), "beit", 1),
     BackboneCase("swin", _swin, "swin", 0, in_sequence=False),

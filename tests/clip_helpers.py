@@ -37,12 +37,27 @@ def tiny_tokenizer(folder) -> CLIPTokenizer:
 
 def tiny_clip(tokenizer, attn="sdpa", seed=0, layers=3) -> CLIPModel:
     torch.manual_seed(seed)
-    ids = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, **ids),
-        vision_config=dict(hidden_size=24, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                           image_size=16, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            **ids,
+        ),
+        vision_config=dict(
+            hidden_size=24,
+            intermediate_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
         projection_dim=12,
     )
     model = CLIPModel(config)

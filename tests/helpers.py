@@ -15,8 +15,14 @@ from transformers import (
 import vpt_peft  # noqa: F401  (registers the methods)
 
 TINY = dict(
-    hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
 )
 
 MODEL_CLASSES = {

@@ -69,7 +69,10 @@ def test_method_on_backbone_keeps_the_contract(case: BackboneCase, method: str, 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_zero_prompts_are_bit_identical_to_the_base(case: BackboneCase, pixels):
     base_out = _run(build(case), pixels)
-    for config in (VisualPromptConfig(num_prompts=0, deep=True), vpt_peft.KVPromptConfig(num_prompts=0, num_kv_prompts=0)):
+    for config in (
+        VisualPromptConfig(num_prompts=0, deep=True),
+        vpt_peft.KVPromptConfig(num_prompts=0, num_kv_prompts=0),
+    ):
         _assert_same(_run(get_peft_model(build(case), config).eval(), pixels), base_out)
 
 
@@ -92,7 +95,9 @@ def _reference_sequence(case: BackboneCase, backbone, pixels, prompts: dict, kv:
             inserted = P.shape[1]
         attn = layer.get_submodule(layout.attention)
         extra = tuple(t.double().unsqueeze(0) for t in kv[i]) if i in kv else None
-        a = attention(attn, _ln(x, layer.get_submodule(layout.norm1)), x.shape[-1] // attn.head_dim, extra, layout.out_proj)
+        a = attention(
+            attn, _ln(x, layer.get_submodule(layout.norm1)), x.shape[-1] // attn.head_dim, extra, layout.out_proj
+        )
         x = x + (a * layer.get_parameter(layout.scale1).double() if layout.scale1 else a)
         mlp = layer.mlp
         m = _lin(layout.activation(_lin(_ln(x, layer.get_submodule(layout.norm2)), mlp.fc1)), mlp.fc2)
@@ -181,8 +186,16 @@ def test_trainer_trains_prompts_and_head_only(case: BackboneCase, tmp_path):
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
     model = get_peft_model(base, VisualPromptConfig(num_prompts=2, deep=True))
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-2,
-        save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True, logging_steps=1,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        logging_steps=1,
     )
     trainer = Trainer(model=model, args=args, train_dataset=_image_dataset())
     trainer.train()
@@ -225,7 +238,9 @@ def test_clip_model_prompts_its_vision_tower_only(pixels):
     def clip():
         torch.manual_seed(0)
         text = CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
-        return CLIPModel(CLIPConfig(vision_config=CLIPVisionConfig(**TINY).to_dict(), text_config=text.to_dict())).eval()
+        return CLIPModel(
+            CLIPConfig(vision_config=CLIPVisionConfig(**TINY).to_dict(), text_config=text.to_dict())
+        ).eval()
 
     ids = torch.tensor([[49406, 5, 6, 49407]])
     with torch.no_grad():

@@ -47,8 +47,25 @@ def _one_line_error(capsys, argv, code):
 def test_train_eval_predict_info_resume(workspace, capsys):
     root, model_dir = workspace
     out = root / "run"
-    common = ["train", "--model", str(model_dir), "--dataset", str(root / "images"), "--method", "vpt-deep",
-              "--num-prompts", "3", "--output", str(out), "--batch-size", "4", "--lr", "10", "--warmup-epochs", "0"]
+    common = [
+        "train",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(root / "images"),
+        "--method",
+        "vpt-deep",
+        "--num-prompts",
+        "3",
+        "--output",
+        str(out),
+        "--batch-size",
+        "4",
+        "--lr",
+        "10",
+        "--warmup-epochs",
+        "0",
+    ]
     assert main([*common, "--max-steps", "2"]) == 0
     assert (out / "adapter_model.safetensors").exists() and (out / "preprocessor_config.json").exists()
     assert json.loads((out / "labels.json").read_text())["labels"] == ["dark", "light"]
@@ -74,27 +91,62 @@ def test_train_eval_predict_info_resume(workspace, capsys):
 def test_digits_dataset_with_e2vpt(workspace, tmp_path):
     _, model_dir = workspace
     out = tmp_path / "digits"
-    argv = ["train", "--model", str(model_dir), "--dataset", "digits:loops", "--method", "e2vpt", "--num-prompts", "2",
-            "--num-kv-prompts", "1", "--output", str(out), "--max-steps", "1", "--batch-size", "8"]
+    argv = [
+        "train",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "digits:loops",
+        "--method",
+        "e2vpt",
+        "--num-prompts",
+        "2",
+        "--num-kv-prompts",
+        "1",
+        "--output",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+    ]
     assert main(argv) == 0
     assert json.loads((out / "labels.json").read_text())["labels"] == ["0", "1", "2"]
 
 
-@pytest.mark.parametrize("argv, code", [
-    (["train", "--model", "m", "--dataset", "d", "--method", "lora", "--output", "o"], 2),
-    (["train", "--dataset", "d", "--output", "o"], 2),
-    (["frobnicate"], 2),
-    (["info", "no/such/adapter"], 1),
-    (["predict", "no/such/adapter", "missing.png"], 1),
-])
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["train", "--model", "m", "--dataset", "d", "--method", "lora", "--output", "o"], 2),
+        (["train", "--dataset", "d", "--output", "o"], 2),
+        (["frobnicate"], 2),
+        (["info", "no/such/adapter"], 1),
+        (["predict", "no/such/adapter", "missing.png"], 1),
+    ],
+)
 def test_bad_arguments_give_one_line_errors(capsys, argv, code):
     _one_line_error(capsys, argv, code)
 
 
 def test_option_that_does_not_fit_the_method(workspace, capsys, tmp_path):
     _, model_dir = workspace
-    err = _one_line_error(capsys, ["train", "--model", str(model_dir), "--dataset", "digits", "--method", "vpt-deep",
-                                   "--fourier-ratio", "0.5", "--output", str(tmp_path)], 1)
+    err = _one_line_error(
+        capsys,
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--dataset",
+            "digits",
+            "--method",
+            "vpt-deep",
+            "--fourier-ratio",
+            "0.5",
+            "--output",
+            str(tmp_path),
+        ],
+        1,
+    )
     assert "--fourier-ratio only applies to --method vfpt" in err
 
 
@@ -105,7 +157,9 @@ def test_dpt_listed_only_when_the_library_has_it(capsys):
     method_line = next(line for line in train_help.splitlines() if line.strip().startswith("--method"))
     assert ("dpt" in method_line) == hasattr(vpt_peft, "DualPromptConfig")
     if not hasattr(vpt_peft, "DualPromptConfig"):
-        err = _one_line_error(capsys, ["train", "--model", "m", "--dataset", "d", "--method", "dpt", "--output", "o"], 2)
+        err = _one_line_error(
+            capsys, ["train", "--model", "m", "--dataset", "d", "--method", "dpt", "--output", "o"], 2
+        )
         assert "DualPromptConfig" in err
 
 
@@ -126,8 +180,23 @@ def test_dpt_trains_a_tiny_clip_and_predicts(workspace, tmp_path, capsys):
     tiny_clip(tokenizer).save_pretrained(clip_dir)
     CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(clip_dir)
     out = tmp_path / "dpt"
-    argv = ["train", "--model", str(clip_dir), "--dataset", str(root / "images"), "--method", "dpt", "--num-prompts", "2",
-            "--output", str(out), "--max-steps", "2", "--batch-size", "4"]
+    argv = [
+        "train",
+        "--model",
+        str(clip_dir),
+        "--dataset",
+        str(root / "images"),
+        "--method",
+        "dpt",
+        "--num-prompts",
+        "2",
+        "--output",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     image = root / "images" / "test" / "dark" / "0.png"

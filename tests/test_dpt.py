@@ -96,8 +96,12 @@ def test_logits_match_reference(tokenizer, images, attn, path, overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(visual_n_ctx=0, use_cavpt=False), dict(text_n_ctx=0, use_cavpt=False), dict(use_cavpt=False),
-     dict(cavpt_start_layer=4)],
+    [
+        dict(visual_n_ctx=0, use_cavpt=False),
+        dict(text_n_ctx=0, use_cavpt=False),
+        dict(use_cavpt=False),
+        dict(cavpt_start_layer=4),
+    ],
     ids=["coop", "vpt-clip", "vlp", "vlp-start-n+1"],
 )
 def test_ablations_match_reference(tokenizer, images, overrides):
@@ -130,8 +134,12 @@ def test_loss_is_the_sum_of_its_parts_and_the_warmup_switches_off(tokenizer, ima
         return -(logits.double().log_softmax(-1)[torch.arange(len(y)), y]).mean()
 
     def aux(out):
-        terms = [-out.aux_logits[0][b, k].double().log_softmax(-1)[labels[b]]
-                 for b in range(4) for k in range(3) if out.top_k[b, k] == labels[b]]
+        terms = [
+            -out.aux_logits[0][b, k].double().log_softmax(-1)[labels[b]]
+            for b in range(4)
+            for k in range(3)
+            if out.top_k[b, k] == labels[b]
+        ]
         assert len(terms) == 3
         return torch.stack(terms).mean()
 
@@ -154,17 +162,34 @@ def pixel_dataset(n=16):
 def test_trainer_trains_only_prompts_and_follows_the_epoch(tokenizer, tmp_path):
     _, model = dpt(tokenizer, zs_warmup_epochs=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=2,
-                             remove_unused_columns=False, report_to=[], use_cpu=True, logging_steps=1,
-                             save_strategy="no", label_names=["labels"])
-    trainer = Trainer(model=model, args=args, train_dataset=pixel_dataset(), optimizers=(dual_prompt_optimizer(model), None),
-                      callbacks=[DualPromptEpochCallback()])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        label_names=["labels"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=pixel_dataset(),
+        optimizers=(dual_prompt_optimizer(model), None),
+        callbacks=[DualPromptEpochCallback()],
+    )
     trainer.train()
     assert model.base_model.epoch == 1
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and p.numel()}
     assert changed == trainable and all(".dpt_" in n for n in trainable)
-    assert any("ctx" in n for n in changed) and any("cavpt" in n for n in changed) and any("prompt_embeddings" in n for n in changed)
+    assert (
+        any("ctx" in n for n in changed)
+        and any("cavpt" in n for n in changed)
+        and any("prompt_embeddings" in n for n in changed)
+    )
 
 
 def test_parameter_groups_follow_the_official_learning_rates(tokenizer):
@@ -180,7 +205,8 @@ def test_class_text_is_encoded_once_per_step(tokenizer, images):
     _, model = dpt(tokenizer)
     seen = []
     model.base_model.model.text_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     labels = torch.tensor([0, 1, 2, 3])
     model(pixel_values=images, labels=labels).loss.backward()  # first step also caches the template features
     seen.clear()
@@ -213,9 +239,15 @@ def test_a_changed_class_list_is_refused_at_load(tokenizer, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(class_names=[]), "class_names"), (dict(text_n_ctx=-1), "text_n_ctx"), (dict(cavpt_num_tokens=0), "cavpt_num_tokens"),
-     (dict(aux_loss_weight=-0.1), "aux_loss_weight"), (dict(zero_shot_template="a photo"), "zero_shot_template"),
-     (dict(prompt_path="fast"), "prompt_path"), (dict(cavpt_start_layer=0), "cavpt_start_layer")],
+    [
+        (dict(class_names=[]), "class_names"),
+        (dict(text_n_ctx=-1), "text_n_ctx"),
+        (dict(cavpt_num_tokens=0), "cavpt_num_tokens"),
+        (dict(aux_loss_weight=-0.1), "aux_loss_weight"),
+        (dict(zero_shot_template="a photo"), "zero_shot_template"),
+        (dict(prompt_path="fast"), "prompt_path"),
+        (dict(cavpt_start_layer=0), "cavpt_start_layer"),
+    ],
 )
 def test_bad_configs_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -224,9 +256,19 @@ def test_bad_configs_raise(kwargs, match):
 
 def test_clear_errors_for_wrong_models_and_missing_tokenizer(tokenizer, images):
     with pytest.raises(TypeError, match="CLIPModel"):
-        get_peft_model(ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                                           intermediate_size=8, image_size=16, patch_size=8)),
-                       DualPromptConfig(**SMALL, tokenizer=tokenizer))
+        get_peft_model(
+            ViTForImageClassification(
+                ViTConfig(
+                    hidden_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=4,
+                    intermediate_size=8,
+                    image_size=16,
+                    patch_size=8,
+                )
+            ),
+            DualPromptConfig(**SMALL, tokenizer=tokenizer),
+        )
     with pytest.raises(ValueError, match="tokenizer"):
         get_peft_model(tiny_clip(tokenizer), DualPromptConfig(**SMALL))
     with pytest.raises(ValueError, match="cavpt_start_layer=5 out of range"):
@@ -260,7 +302,9 @@ def test_scheduler_follows_dassl_warmup_then_cosine(tokenizer):
         lrs.append([g["lr"] for g in optimizer.param_groups])
         optimizer.step()
         scheduler.step()
-    assert lrs[0] == pytest.approx([1e-5, 1e-5]) and lrs[19] == pytest.approx([1e-5, 0.002 * 0.5 * (1 + math.cos(math.pi * 8 / 20))])
+    assert lrs[0] == pytest.approx([1e-5, 1e-5]) and lrs[19] == pytest.approx(
+        [1e-5, 0.002 * 0.5 * (1 + math.cos(math.pi * 8 / 20))]
+    )
     assert lrs[20] == pytest.approx([0.01, 0.002 * 0.5 * (1 + math.cos(math.pi * 9 / 20))]) and lrs[21] == lrs[20]
     assert lrs[2][1] == pytest.approx(0.002)
 

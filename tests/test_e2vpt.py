@@ -55,7 +55,8 @@ def test_no_kv_prompts_is_deep_vpt(pixels):
     with torch.no_grad():
         prompt_param(e2).copy_(prompt_param(vpt))
         e2.base_model.model.classifier.modules_to_save["default"].load_state_dict(
-            vpt.base_model.model.classifier.modules_to_save["default"].state_dict())
+            vpt.base_model.model.classifier.modules_to_save["default"].state_dict()
+        )
     assert torch.equal(e2(pixels).logits, vpt(pixels).logits)
 
 
@@ -74,7 +75,9 @@ def test_parameter_counts_on_vit_b16_follow_the_official_formula(shared, expecte
     names = ("prompt_embeddings", "kv_prompts", "key_prompts", "value_prompts")
     prompts = sum(p.numel() for n, p in model.named_parameters() if n.endswith(names))
     assert prompts == expected
-    gated = get_peft_model(ViTForImageClassification(ViTConfig(num_labels=10)), KVPromptConfig(num_prompts=10, num_kv_prompts=5))
+    gated = get_peft_model(
+        ViTForImageClassification(ViTConfig(num_labels=10)), KVPromptConfig(num_prompts=10, num_kv_prompts=5)
+    )
     gate_count = sum(p.numel() for n, p in gated.named_parameters() if "gates" in n)
     assert gate_count == 10 + 10 * 16
 
@@ -140,8 +143,13 @@ def test_zero_mode_keeps_tokens_and_matches_zeroed_reference(pixels):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(num_kv_prompts=-1), "num_kv_prompts"), (dict(num_prompts=-2), "num_prompts"),
-     (dict(kv_dropout=1.2), "kv_dropout"), (dict(num_segments=0), "num_segments"), (dict(kv_init="zeros"), "kv_init")],
+    [
+        (dict(num_kv_prompts=-1), "num_kv_prompts"),
+        (dict(num_prompts=-2), "num_prompts"),
+        (dict(kv_dropout=1.2), "kv_dropout"),
+        (dict(num_segments=0), "num_segments"),
+        (dict(kv_init="zeros"), "kv_init"),
+    ],
 )
 def test_bad_configs_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -150,7 +158,10 @@ def test_bad_configs_raise(kwargs, match):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(token_ratio=1.0, segment_ratio=0.1), "token_ratio"), (dict(token_ratio=0.5, segment_ratio=-0.1), "segment_ratio")],
+    [
+        (dict(token_ratio=1.0, segment_ratio=0.1), "token_ratio"),
+        (dict(token_ratio=0.5, segment_ratio=-0.1), "segment_ratio"),
+    ],
 )
 def test_bad_pruning_arguments_leave_the_model_unchanged(kwargs, match):
     model, batches = trained_model()

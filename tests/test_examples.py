@@ -19,12 +19,20 @@ def test_every_example_is_covered():
 
 
 def test_demo_runs_offline(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VPT_PEFT_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VPT_PEFT_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     out_dir = tmp_path / "out"
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--quick", "--output", str(out_dir)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "reloaded onto a fresh backbone with identical logits" in out.stdout
@@ -43,7 +51,11 @@ def test_quickstart_runs_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VPT_PEFT_CACHE": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--quick"],
-        capture_output=True, text=True, env=env, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "identical logits" in out.stdout
@@ -54,7 +66,10 @@ def test_multitask_serving_runs_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VPT_PEFT_CACHE": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "multitask_serving.py"), "--quick"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mixed batch logits identical to each task served alone" in out.stdout

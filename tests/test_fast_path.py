@@ -14,7 +14,9 @@ from .helpers import MODEL_CLASSES, tiny_vit
 
 METHODS = {
     "vpt": lambda path: VisualPromptConfig(num_prompts=5, deep=True, prompt_path=path, prompt_dropout=0.0),
-    "vfpt": lambda path: FourierPromptConfig(num_prompts=5, deep=True, fourier_ratio=0.6, prompt_path=path, prompt_dropout=0.0),
+    "vfpt": lambda path: FourierPromptConfig(
+        num_prompts=5, deep=True, fourier_ratio=0.6, prompt_path=path, prompt_dropout=0.0
+    ),
     "e2vpt": lambda path: KVPromptConfig(num_prompts=5, num_kv_prompts=2, prompt_path=path, prompt_dropout=0.0),
     "vpt-suffix": lambda path: VisualPromptConfig(num_prompts=5, deep=True, prompt_layers=[1, 2], prompt_path=path),
 }

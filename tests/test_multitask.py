@@ -132,7 +132,9 @@ def count_attention_calls(monkeypatch) -> list[int]:
 
 @torch.no_grad()
 def test_tasks_with_one_layout_share_one_attention_call(monkeypatch):
-    configs = {n: VisualPromptConfig(num_prompts=3, deep=True, prompt_path=path) for n, path in (("a", "kv"), ("b", "kv"))}
+    configs = {
+        n: VisualPromptConfig(num_prompts=3, deep=True, prompt_path=path) for n, path in (("a", "kv"), ("b", "kv"))
+    }
     model = get_peft_model(tiny_vit(), configs["a"], adapter_name="a")
     model.add_adapter("b", configs["b"])
     perturb(model)
@@ -277,11 +279,15 @@ def test_vpt_written_as_the_other_methods_is_vpt_bit_for_bit(pixels):
     vpt = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=3, deep=True)).eval()
     perturb(vpt)
     want = vpt(pixels).logits
-    for config in (FourierPromptConfig(num_prompts=3, deep=True, fourier_ratio=0.0),
-                   KVPromptConfig(num_prompts=3, num_kv_prompts=0, gates=False)):
+    for config in (
+        FourierPromptConfig(num_prompts=3, deep=True, fourier_ratio=0.0),
+        KVPromptConfig(num_prompts=3, num_kv_prompts=0, gates=False),
+    ):
         other = get_peft_model(tiny_vit(), config).eval()
-        state = {k.replace("vpt_prompts", other.base_model.tuner_layer_cls.adapter_layer_names[0]): v
-                 for k, v in vpt.state_dict().items()}
+        state = {
+            k.replace("vpt_prompts", other.base_model.tuner_layer_cls.adapter_layer_names[0]): v
+            for k, v in vpt.state_dict().items()
+        }
         missing = other.load_state_dict(state, strict=False).missing_keys
         assert not [k for k in missing if "prompt" in k and not k.endswith("kv_prompts")]  # (L, 0, d): no kv
         assert torch.equal(other(pixels).logits, want)
@@ -321,7 +327,9 @@ def test_mixed_batch_on_every_backbone(case):
     # CLIP and SigLIP use sigmoid/tanh-based GELUs, whose CPU kernels round an element differently depending on
     # where it falls in a buffer (vector body or scalar tail): the base CLIP model alone already differs between
     # batch sizes 1 and 5. Padding moves tokens within the buffer, so there the check allows rounding.
-    exact = case.layout is None or case.layout.activation is VIT_LAYOUT.activation  # erf GELU: ViT, DeiT, DINOv2, BEiT, Swin
+    exact = (
+        case.layout is None or case.layout.activation is VIT_LAYOUT.activation
+    )  # erf GELU: ViT, DeiT, DINOv2, BEiT, Swin
     for i, name in enumerate(names):
         alone = run_as(model, name, pixels[i : i + 1])
         for got, want in zip(mixed.hidden_states, alone.hidden_states):
@@ -339,7 +347,9 @@ def test_dpt_adapters_refuse_mixed_batches(tmp_path):
     from .clip_helpers import CLASSES, tiny_clip, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tmp_path)
-    config = DualPromptConfig(class_names=CLASSES, text_n_ctx=4, visual_n_ctx=3, cavpt_num_tokens=3, tokenizer=tokenizer)
+    config = DualPromptConfig(
+        class_names=CLASSES, text_n_ctx=4, visual_n_ctx=3, cavpt_num_tokens=3, tokenizer=tokenizer
+    )
     model = get_peft_model(tiny_clip(tokenizer), config).eval()
     size = model.base_model.model.config.vision_config.image_size
     pixels = torch.randn(2, 3, size, size)

@@ -49,7 +49,10 @@ def test_lr_scaling_and_no_weight_decay_on_the_head_bias():
     optimizer = recipes.make_optimizer(model, base_lr=10, weight_decay=1e-3, batch_size=64)
     assert isinstance(optimizer, torch.optim.SGD)
     decay = {group["name"]: group["weight_decay"] for group in optimizer.param_groups}
-    assert all(len(group["params"]) == 1 and group["lr"] == 2.5 and group["momentum"] == 0.9 for group in optimizer.param_groups)
+    assert all(
+        len(group["params"]) == 1 and group["lr"] == 2.5 and group["momentum"] == 0.9
+        for group in optimizer.param_groups
+    )
     bias = [name for name in decay if name.endswith("classifier.modules_to_save.default.bias")]
     assert len(bias) == 1 and decay[bias[0]] == 0.0
     others = [wd for name, wd in decay.items() if name != bias[0]]

@@ -75,7 +75,9 @@ def test_dropout_is_applied_before_the_fft(pixels, monkeypatch):
     seen = []
     original = torch.fft.fft2
     monkeypatch.setattr(torch.fft, "fft2", lambda x, **kw: seen.append(x.detach().clone()) or original(x, **kw))
-    model = get_peft_model(tiny_vit(), FourierPromptConfig(num_prompts=4, deep=True, fourier_ratio=0.5, prompt_dropout=0.5))
+    model = get_peft_model(
+        tiny_vit(), FourierPromptConfig(num_prompts=4, deep=True, fourier_ratio=0.5, prompt_dropout=0.5)
+    )
     model.train()
     model(pixels)
     raw = prompt_param(model).detach()[0, :2]

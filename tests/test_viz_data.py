@@ -13,11 +13,14 @@ from vpt_peft.viz import attention_maps, plot_accuracy_vs_params, save_attention
 from .helpers import tiny_vit
 
 
-@pytest.mark.parametrize("config, prompt_rows", [
-    (VisualPromptConfig(num_prompts=3, deep=True), True),  # key-value fast path: viz puts prompts in the sequence
-    (KVPromptConfig(num_prompts=2, num_kv_prompts=2, num_segments=4), True),
-    (VisualPromptConfig(num_prompts=0), False),
-])
+@pytest.mark.parametrize(
+    "config, prompt_rows",
+    [
+        (VisualPromptConfig(num_prompts=3, deep=True), True),  # key-value fast path: viz puts prompts in the sequence
+        (KVPromptConfig(num_prompts=2, num_kv_prompts=2, num_segments=4), True),
+        (VisualPromptConfig(num_prompts=0), False),
+    ],
+)
 def test_attention_png_has_one_panel_per_layer(tmp_path, pixels, config, prompt_rows):
     model = get_peft_model(tiny_vit(), config).eval()
     before = model(pixel_values=pixels).logits

@@ -141,11 +141,24 @@ def test_push_to_hub_uploads_only_the_adapter(monkeypatch, tmp_path):
 
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: huggingface_hub.RepoUrl("https://huggingface.co/me/task"))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_repo",
+        lambda self, *a, **k: huggingface_hub.RepoUrl("https://huggingface.co/me/task"),
+    )
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, *a, operations, **k: uploaded.update(
-        {op.path_in_repo: os.path.getsize(op.path_or_fileobj) if isinstance(op.path_or_fileobj, str) else len(op.path_or_fileobj) for op in operations}
-    ))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_commit",
+        lambda self, *a, operations, **k: uploaded.update(
+            {
+                op.path_in_repo: os.path.getsize(op.path_or_fileobj)
+                if isinstance(op.path_or_fileobj, str)
+                else len(op.path_or_fileobj)
+                for op in operations
+            }
+        ),
+    )
     model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True))
     model.push_to_hub("me/task", token="fake")
     files = {k for k in uploaded if not k.startswith("_")}

@@ -41,7 +41,10 @@ def test_logits_match_reference(family, kwargs, attn, pixels):
     expected = vit_reference(base, pixels, prompts_by_layer(model, config, 3), num_special=num_special)
     out = model(pixels)
     if family == "deit-teacher":
-        want = (classifier_logits_of(base.cls_classifier, expected[:, 0]) + classifier_logits_of(base.distillation_classifier, expected[:, 1])) / 2
+        want = (
+            classifier_logits_of(base.cls_classifier, expected[:, 0])
+            + classifier_logits_of(base.distillation_classifier, expected[:, 1])
+        ) / 2
     else:
         want = classifier_logits(base, expected)
     torch.testing.assert_close(out.logits.double(), want, atol=1e-5, rtol=0)

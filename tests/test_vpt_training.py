@@ -53,7 +53,9 @@ def test_prompt_dropout_masks_each_sample_independently(pixels):
 @pytest.mark.parametrize("eval_mode", [True, False])
 def test_frozen_backbone_stays_in_eval_mode(eval_mode, pixels):
     base = tiny_vit(hidden_dropout_prob=0.5)
-    model = get_peft_model(base, VisualPromptConfig(num_prompts=4, deep=True, prompt_dropout=0.0, backbone_eval_mode=eval_mode))
+    model = get_peft_model(
+        base, VisualPromptConfig(num_prompts=4, deep=True, prompt_dropout=0.0, backbone_eval_mode=eval_mode)
+    )
     model.train()
     assert torch.equal(model(pixels).logits, model(pixels).logits) == eval_mode
     assert all(layer.training for layer in base.vit.layers)  # gradient checkpointing keys on this
@@ -91,8 +93,16 @@ def test_trainer_run_learns_and_changes_only_prompts_and_head(tmp_path):
     model = get_peft_model(base, VisualPromptConfig(num_prompts=4, deep=True))
     prompts_before = prompt_param(model).detach().clone()
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=6, learning_rate=3e-2,
-        logging_steps=3, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=6,
+        learning_rate=3e-2,
+        logging_steps=3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=brightness_dataset())
     trainer.train()
@@ -111,7 +121,9 @@ def test_checkpointing_enabled_after_get_peft_model_still_trains_kv_prompts(reen
         torch.manual_seed(3)
         model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True, prompt_dropout=0.0))
         if checkpointing:
-            model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            model.base_model.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+            )
         model.train()
         model(pixels, labels=torch.tensor([0, 2])).loss.backward()
         grads.append(prompt_param(model).grad)

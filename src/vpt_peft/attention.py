@@ -47,7 +47,7 @@ class ExtraKeyValues:
     def num_tokens(self) -> int:
         return self.key.shape[2]
 
-    def cat(self, other: "ExtraKeyValues") -> "ExtraKeyValues":
+    def cat(self, other: ExtraKeyValues) -> ExtraKeyValues:
         batch = max(self.key.shape[0], other.key.shape[0])
         keep = None
         if self.keep is not None or other.keep is not None:

@@ -22,7 +22,8 @@ class AutoPeftModelForImageClassification(_BaseAutoPeftModel):
         if not config.base_model_name_or_path:
             raise ValueError(
                 f"The adapter at {pretrained_model_name_or_path!r} does not name its base model "
-                "(base_model_name_or_path is empty: the base was built from a config, not loaded with from_pretrained). "
+                "(base_model_name_or_path is empty: the base was built from a config, "
+                "not loaded with from_pretrained). "
                 "Load the base yourself and use PeftModel.from_pretrained(base, adapter_path)."
             )
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

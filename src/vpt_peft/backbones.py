@@ -13,8 +13,9 @@ passed to ``get_peft_model``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Union
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -201,7 +202,9 @@ def find_backbone(model: nn.Module) -> Backbone:
     layers = _get_layers(module, spec.layers)
     attentions = [_get_path(layer, spec.attention) for layer in layers]
     widths = [getattr(a, spec.k_proj).in_features for a in attentions]
-    head_dims = [a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)]
+    head_dims = [
+        a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)
+    ]
     patch = config.patch_size if isinstance(config.patch_size, int) else math.prod(config.patch_size)
     patch_area = patch * patch if isinstance(config.patch_size, int) else patch
     heads = [h for h in spec.heads if isinstance(getattr(model, h, None), nn.Module)]

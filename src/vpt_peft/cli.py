@@ -12,8 +12,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional
 
 import vpt_peft
 
@@ -47,25 +48,38 @@ class _Parser(argparse.ArgumentParser):
 
 def _method(value: str) -> str:
     if value == "dpt" and "dpt" not in _methods():
-        raise argparse.ArgumentTypeError("method 'dpt' needs vpt_peft.DualPromptConfig, which this version does not have")
+        raise argparse.ArgumentTypeError(
+            "method 'dpt' needs vpt_peft.DualPromptConfig, which this version does not have"
+        )
     if value not in _methods():
         raise argparse.ArgumentTypeError(f"invalid method {value!r}; choose from {', '.join(_methods())}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vpt-peft", description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT).",
-                     formatter_class=_Formatter)
+    parser = _Parser(
+        prog="vpt-peft",
+        description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT).",
+        formatter_class=_Formatter,
+    )
     parser.add_argument("--version", action="version", version=f"vpt-peft {vpt_peft.__version__}")
-    parser.epilog = ("example: vpt-peft train --model google/vit-base-patch16-224-in21k --dataset ./images "
-                     "--method vpt-deep --output runs/vpt; then eval/predict/info runs/vpt")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info}")
+    parser.epilog = (
+        "example: vpt-peft train --model google/vit-base-patch16-224-in21k --dataset ./images "
+        "--method vpt-deep --output runs/vpt; then eval/predict/info runs/vpt"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info}"
+    )
 
-    train = sub.add_parser("train", help="adapt a frozen model to a dataset with the HF Trainer",
-                           formatter_class=_Formatter)
+    train = sub.add_parser(
+        "train", help="adapt a frozen model to a dataset with the HF Trainer", formatter_class=_Formatter
+    )
     train.add_argument("--model", required=True, help="Hub id or local folder of an image-classification model")
-    train.add_argument("--dataset", required=True,
-                       help="Hub id, a local image folder (class sub-folders), or 'digits[:task]' (built in, offline)")
+    train.add_argument(
+        "--dataset",
+        required=True,
+        help="Hub id, a local image folder (class sub-folders), or 'digits[:task]' (built in, offline)",
+    )
     train.add_argument("--method", type=_method, default="vpt-deep", help=f"one of {', '.join(_methods())}")
     train.add_argument("--output", required=True, type=Path, help="folder for checkpoints and the final adapter")
     train.add_argument("--preset", help="a paper task name (e.g. cifar100): prompt counts from vpt_peft.recipes")
@@ -73,18 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fourier-ratio", type=float, help="VFPT: share of Fourier prompts (default: the preset's)")
     train.add_argument("--num-kv-prompts", type=int, help="E2VPT: key-value prompts per layer (default: the preset's)")
     train.add_argument("--epochs", type=float, default=100, help="training epochs (the papers: 100)")
-    train.add_argument("--warmup-epochs", type=int, default=10, help="linear warm-up epochs, starting at lr 0 (not dpt)")
+    train.add_argument(
+        "--warmup-epochs", type=int, default=10, help="linear warm-up epochs, starting at lr 0 (not dpt)"
+    )
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     train.add_argument("--batch-size", type=int, help="per-device batch (default: the preset's, 64 or 128)")
-    train.add_argument("--lr", type=float, default=0.25, help="base lr for batch 256 (the papers search 0.05-50; dpt uses its paper's lrs)")
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=0.25,
+        help="base lr for batch 256 (the papers search 0.05-50; dpt uses its paper's lrs)",
+    )
     train.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (not on the head bias)")
     train.add_argument("--eval-split", help="evaluation split (default: validation/val/test, else 20%% of train)")
     train.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     train.add_argument("--seed", type=int, default=42, help="random seed")
 
-    evaluate = sub.add_parser("eval", help="accuracy of a trained adapter on a dataset split",
-                              formatter_class=_Formatter)
+    evaluate = sub.add_parser(
+        "eval", help="accuracy of a trained adapter on a dataset split", formatter_class=_Formatter
+    )
     evaluate.add_argument("adapter", type=Path, help="folder written by 'vpt-peft train'")
     evaluate.add_argument("--dataset", required=True, help="as for train")
     evaluate.add_argument("--split", help="split to score (default: as train's evaluation split)")

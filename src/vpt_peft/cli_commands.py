@@ -34,7 +34,11 @@ def _peft_config(args: argparse.Namespace, labels: list[str]):
         extra = {"visual_n_ctx": args.num_prompts} if args.num_prompts is not None else {}
         return vpt_peft.DualPromptConfig(class_names=labels, tokenizer_name_or_path=args.model, **extra), 32
     preset = recipes.preset(args.method, task=args.preset)
-    overrides = {"num_prompts": args.num_prompts, "fourier_ratio": args.fourier_ratio, "num_kv_prompts": args.num_kv_prompts}
+    overrides = {
+        "num_prompts": args.num_prompts,
+        "fourier_ratio": args.fourier_ratio,
+        "num_kv_prompts": args.num_kv_prompts,
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = {"fourier_ratio": "vfpt", "num_kv_prompts": "e2vpt"}
     for key, method in unknown.items():
@@ -50,7 +54,10 @@ def _load_model(path: str, labels: list[str], method: str):
     if method == "dpt":
         return CLIPModel.from_pretrained(path)
     return AutoModelForImageClassification.from_pretrained(
-        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
         ignore_mismatched_sizes=True,
     )
 
@@ -70,7 +77,9 @@ def train(args: argparse.Namespace) -> None:
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    train_set, eval_set, image_column, label_column, labels = load_image_dataset(args.dataset, args.eval_split, seed=args.seed)
+    train_set, eval_set, image_column, label_column, labels = load_image_dataset(
+        args.dataset, args.eval_split, seed=args.seed
+    )
     config, preset_batch = _peft_config(args, labels)
     batch_size = args.batch_size or preset_batch
     model = get_peft_model(_load_model(args.model, labels, args.method), config)
@@ -86,12 +95,25 @@ def train(args: argparse.Namespace) -> None:
         callbacks.append(DualPromptEpochCallback())
     else:
         optimizer = recipes.make_optimizer(model, args.lr, args.weight_decay, batch_size)
-        scheduler = recipes.step_scheduler(optimizer, per_epoch, min(args.warmup_epochs, total_epochs - 1), total_epochs)
+        scheduler = recipes.step_scheduler(
+            optimizer, per_epoch, min(args.warmup_epochs, total_epochs - 1), total_epochs
+        )
     training_args = TrainingArguments(
-        output_dir=str(args.output), per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        num_train_epochs=args.epochs, max_steps=args.max_steps, logging_steps=args.logging_steps,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, seed=args.seed, report_to="none",
-        remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        output_dir=str(args.output),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        logging_steps=args.logging_steps,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        seed=args.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
     )
     if args.max_steps > 0:  # a step budget: one checkpoint at the end, evaluated once after training
@@ -100,9 +122,13 @@ def train(args: argparse.Namespace) -> None:
     if args.resume and not any(p.name.startswith("checkpoint-") for p in args.output.glob("checkpoint-*")):
         raise CLIError(f"--resume: no checkpoint-* folder in {args.output} to resume from")
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         data_collator=ImageClassificationCollator(processor, image_column, label_column),
-        compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)}, optimizers=(optimizer, scheduler),
+        compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)},
+        optimizers=(optimizer, scheduler),
         preprocess_logits_for_metrics=_class_logits,
         callbacks=callbacks,
     )
@@ -110,8 +136,17 @@ def train(args: argparse.Namespace) -> None:
     metrics = trainer.evaluate()
     model.save_pretrained(args.output)
     processor.save_pretrained(args.output)
-    write_labels(args.output, labels, {"base_model": args.model, "dataset": args.dataset, "method": args.method,
-                                       "image_column": image_column, "label_column": label_column})
+    write_labels(
+        args.output,
+        labels,
+        {
+            "base_model": args.model,
+            "dataset": args.dataset,
+            "method": args.method,
+            "image_column": image_column,
+            "label_column": label_column,
+        },
+    )
     print(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}; adapter saved to {args.output}")
 
 
@@ -140,7 +175,9 @@ def evaluate(args: argparse.Namespace) -> None:
         batch = collate([eval_set[i] for i in range(start, min(start + args.batch_size, len(eval_set)))])
         logits.append(model(pixel_values=batch["pixel_values"]).logits.numpy())
         targets.append(batch["labels"].numpy())
-    print(json.dumps({"accuracy": accuracy(np.concatenate(logits), np.concatenate(targets)), "examples": len(eval_set)}))
+    print(
+        json.dumps({"accuracy": accuracy(np.concatenate(logits), np.concatenate(targets)), "examples": len(eval_set)})
+    )
 
 
 @torch.no_grad()
@@ -154,7 +191,9 @@ def predict(args: argparse.Namespace) -> None:
     k = min(max(1, args.top_k), len(labels))
     for path, row in zip(args.images, probabilities):
         top = row.topk(k)
-        print(f"{path}\t" + "\t".join(f"{labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+        print(
+            f"{path}\t" + "\t".join(f"{labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        )
 
 
 def info(args: argparse.Namespace) -> None:
@@ -169,8 +208,11 @@ def info(args: argparse.Namespace) -> None:
     with safe_open(str(weights), framework="pt") as tensors:
         shapes = {name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()}
     parameters = sum(int(np.prod(s)) for s in shapes.values())
-    fields = {k: getattr(config, k) for k in ("num_prompts", "deep", "fourier_ratio", "num_kv_prompts", "pruned")
-              if hasattr(config, k)}
+    fields = {
+        k: getattr(config, k)
+        for k in ("num_prompts", "deep", "fourier_ratio", "num_kv_prompts", "pruned")
+        if hasattr(config, k)
+    }
     print(f"method: {type(config).__name__} (peft_type {config.peft_type})")
     print(f"base model: {config.base_model_name_or_path}")
     print(f"backbone: {config.backbone}")

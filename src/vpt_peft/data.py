@@ -14,9 +14,10 @@ processor per batch, so raw PIL columns reach the collator and the Trainer never
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -61,11 +62,17 @@ def _loops(x, y, g):
 DIGIT_TASKS: dict[str, DigitsTask] = {
     task.name: task
     for task in (
-        DigitsTask("plain", "pretraining", "the digits themselves (the foundation model's data)", 10, lambda x, y, g: (x, y)),
+        DigitsTask(
+            "plain", "pretraining", "the digits themselves (the foundation model's data)", 10, lambda x, y, g: (x, y)
+        ),
         DigitsTask("noisy", "natural", "digits under strong pixel noise", 10, _noisy),
         DigitsTask("inverted", "specialized", "inverted, rotated digits: a new imaging modality", 10, _inverted),
-        DigitsTask("orientation", "structured", "which of 4 rotations was applied (labels are geometry)", 4, _orientation),
-        DigitsTask("loops", "structured", "how many closed loops the digit has, 0-2 (re-labelled: counting)", 3, _loops),
+        DigitsTask(
+            "orientation", "structured", "which of 4 rotations was applied (labels are geometry)", 4, _orientation
+        ),
+        DigitsTask(
+            "loops", "structured", "how many closed loops the digit has, 0-2 (re-labelled: counting)", 3, _loops
+        ),
     )
 }
 
@@ -162,7 +169,9 @@ def image_processor_for(model_path: str, image_size: int):
     try:
         return AutoImageProcessor.from_pretrained(model_path)
     except (OSError, ValueError):
-        return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=DEFAULT_MEAN, image_std=DEFAULT_STD)
+        return ViTImageProcessor(
+            size={"height": image_size, "width": image_size}, image_mean=DEFAULT_MEAN, image_std=DEFAULT_STD
+        )
 
 
 class ImageClassificationCollator:

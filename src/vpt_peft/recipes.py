@@ -49,7 +49,9 @@ def warmup_cosine(epoch: int, warmup_epochs: int = WARMUP_EPOCHS, epochs: int = 
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def epoch_scheduler(optimizer: torch.optim.Optimizer, warmup_epochs: int = WARMUP_EPOCHS, epochs: int = EPOCHS) -> LambdaLR:
+def epoch_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_epochs: int = WARMUP_EPOCHS, epochs: int = EPOCHS
+) -> LambdaLR:
     """The official schedule: step it once per epoch, after the epoch (epoch 0 trains at lr 0)."""
     return LambdaLR(optimizer, lambda epoch: warmup_cosine(epoch, warmup_epochs, epochs))
 
@@ -92,21 +94,65 @@ def make_optimizer(model: nn.Module, base_lr: float, weight_decay: float, batch_
 # Released per-task settings (spec: VPT Tuned/Total inversion, VFPT Tables S1-S4, E2VPT command.txt).
 VTAB_NATURAL = ("cifar100", "caltech101", "dtd", "flowers102", "pets", "svhn", "sun397")
 VTAB_SPECIALIZED = ("pcam", "eurosat", "resisc45", "retinopathy")
-VTAB_STRUCTURED = ("clevr-count", "clevr-dist", "dmlab", "kitti", "dsprites-loc", "dsprites-ori", "smallnorb-azi", "smallnorb-ele")
+VTAB_STRUCTURED = (
+    "clevr-count",
+    "clevr-dist",
+    "dmlab",
+    "kitti",
+    "dsprites-loc",
+    "dsprites-ori",
+    "smallnorb-azi",
+    "smallnorb-ele",
+)
 FGVC = ("cub", "nabirds", "oxford-flowers", "stanford-dogs", "stanford-cars")
 TASKS = VTAB_NATURAL + VTAB_SPECIALIZED + VTAB_STRUCTURED + FGVC
 
-_VPT_DEEP_PROMPTS = dict(zip(TASKS, (10, 10, 10, 1, 1, 50, 5, 100, 100, 10, 1, 50, 200, 100, 50, 10, 50, 200, 200, 10, 50, 5, 100, 200)))
+_VPT_DEEP_PROMPTS = dict(
+    zip(TASKS, (10, 10, 10, 1, 1, 50, 5, 100, 100, 10, 1, 50, 200, 100, 50, 10, 50, 200, 200, 10, 50, 5, 100, 200))
+)
 # (alpha, M); M is derived from the paper's tuned-parameter share (rounded where the spec marks it approximate).
-_VFPT = dict(zip(TASKS, (
-    (0.7, 10), (0.5, 20), (0.3, 15), (0.5, 2), (0.5, 2), (0.2, 10), (0.5, 5),
-    (1.0, 100), (0.3, 10), (1.0, 6), (1.0, 2),
-    (1.0, 50), (1.0, 200), (0.7, 10), (0.5, 66), (1.0, 10), (0.7, 50), (1.0, 180), (0.7, 200),
-    (0.5, 10), (0.5, 50), (0.3, 5), (0.5, 100), (0.0, 200),
-)))
+_VFPT = dict(
+    zip(
+        TASKS,
+        (
+            (0.7, 10),
+            (0.5, 20),
+            (0.3, 15),
+            (0.5, 2),
+            (0.5, 2),
+            (0.2, 10),
+            (0.5, 5),
+            (1.0, 100),
+            (0.3, 10),
+            (1.0, 6),
+            (1.0, 2),
+            (1.0, 50),
+            (1.0, 200),
+            (0.7, 10),
+            (0.5, 66),
+            (1.0, 10),
+            (0.7, 50),
+            (1.0, 180),
+            (0.7, 200),
+            (0.5, 10),
+            (0.5, 50),
+            (0.3, 5),
+            (0.5, 100),
+            (0.0, 200),
+        ),
+    )
+)
 _E2VPT = {task: (10, 5) for task in TASKS}
-_E2VPT.update({"caltech101": (32, 5), "cifar100": (5, 5), "flowers102": (1, 1), "pcam": (10, 10),
-               "dsprites-loc": (5, 5), "dsprites-ori": (5, 5)})
+_E2VPT.update(
+    {
+        "caltech101": (32, 5),
+        "cifar100": (5, 5),
+        "flowers102": (1, 1),
+        "pcam": (10, 10),
+        "dsprites-loc": (5, 5),
+        "dsprites-ori": (5, 5),
+    }
+)
 _E2VPT.update({task: (5, 5) for task in FGVC})
 
 METHODS = ("vpt-shallow", "vpt-deep", "vfpt", "e2vpt")
@@ -130,8 +176,12 @@ class Preset:
         """The peft config for this preset (``overrides`` win, e.g. ``num_prompts=20``)."""
         from . import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
 
-        cls = {"vpt-shallow": VisualPromptConfig, "vpt-deep": VisualPromptConfig, "vfpt": FourierPromptConfig,
-               "e2vpt": KVPromptConfig}[self.method]
+        cls = {
+            "vpt-shallow": VisualPromptConfig,
+            "vpt-deep": VisualPromptConfig,
+            "vfpt": FourierPromptConfig,
+            "e2vpt": KVPromptConfig,
+        }[self.method]
         return cls(**{**self.config, **overrides})
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -50,16 +51,33 @@ def _batches(data: Tensors, batch_size: int) -> list[dict[str, torch.Tensor]]:
 
 
 def run_method(
-    method: Method, task: str, group: str, num_labels: int, backbone_dir: Path, train: Tensors, test: Tensors,
-    out_dir: Path, *, epochs: int, warmup_epochs: int, batch_size: int = 64, seed: int = 0,
+    method: Method,
+    task: str,
+    group: str,
+    num_labels: int,
+    backbone_dir: Path,
+    train: Tensors,
+    test: Tensors,
+    out_dir: Path,
+    *,
+    epochs: int,
+    warmup_epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], FitResult, nn.Module]:
     """Train ``method`` on ``task``, save it under ``out_dir``, reload it, verify it, return (row, curve, model)."""
     torch.manual_seed(seed)
     base = fresh_backbone(backbone_dir, num_labels, seed)
     model = base if method.config is None else get_peft_model(base, method.config(group))
     trainable, total = _trainable(model)
-    schedule = dict(epochs=epochs, base_lr=method.base_lr, weight_decay=method.weight_decay, batch_size=batch_size,
-                    warmup_epochs=warmup_epochs, seed=seed)
+    schedule = dict(
+        epochs=epochs,
+        base_lr=method.base_lr,
+        weight_decay=method.weight_decay,
+        batch_size=batch_size,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+    )
     start = time.perf_counter()
     curve = fit(model, train, test, desc=f"{task}: {method.name}", **schedule)
     if method.prune is not None:
@@ -75,12 +93,22 @@ def run_method(
     folder = out_dir / "adapters" / task / method.name.replace(" ", "-")
     model.save_pretrained(folder)
     _check_reload(model, folder, backbone_dir, num_labels, test, full=method.config is None)
-    row = dict(method=method.name, task=task, group=group, accuracy=accuracy, trainable=trainable,
-               trainable_pct=100 * trainable / total, adapter_bytes=_folder_bytes(folder), train_s=seconds)
+    row = dict(
+        method=method.name,
+        task=task,
+        group=group,
+        accuracy=accuracy,
+        trainable=trainable,
+        trainable_pct=100 * trainable / total,
+        adapter_bytes=_folder_bytes(folder),
+        train_s=seconds,
+    )
     return row, curve, model
 
 
-def _check_reload(model: nn.Module, folder: Path, backbone_dir: Path, num_labels: int, test: Tensors, full: bool) -> None:
+def _check_reload(
+    model: nn.Module, folder: Path, backbone_dir: Path, num_labels: int, test: Tensors, full: bool
+) -> None:
     """Load the saved result onto a fresh backbone and require bit-identical logits on the test images."""
     if full:
         from transformers import AutoModelForImageClassification
@@ -97,11 +125,15 @@ def _check_reload(model: nn.Module, folder: Path, backbone_dir: Path, num_labels
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a fixed-width text table (what the demo prints)."""
-    head = f"{'method':<14}{'task':<13}{'group':<13}{'accuracy':>9}{'trainable':>11}{'%':>8}{'adapter':>10}{'train s':>9}"
+    head = (
+        f"{'method':<14}{'task':<13}{'group':<13}{'accuracy':>9}{'trainable':>11}{'%':>8}{'adapter':>10}{'train s':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<14}{r['task']:<13}{r['group']:<13}{r['accuracy']:>9.3f}{r['trainable']:>11,}"
-                     f"{r['trainable_pct']:>8.2f}{_size(r['adapter_bytes']):>10}{r['train_s']:>9.1f}")
+        lines.append(
+            f"{r['method']:<14}{r['task']:<13}{r['group']:<13}{r['accuracy']:>9.3f}{r['trainable']:>11,}"
+            f"{r['trainable_pct']:>8.2f}{_size(r['adapter_bytes']):>10}{r['train_s']:>9.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -116,10 +148,15 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| method | task | group | accuracy | trainable | trainable % | adapter size | train time (s) |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['method']} | {r['task']} | {r['group']} | {r['accuracy']:.3f} | {r['trainable']:,} | "
-              f"{r['trainable_pct']:.2f} | {_size(r['adapter_bytes'])} | {r['train_s']:.1f} |" for r in rows]
+    lines = [
+        "| method | task | group | accuracy | trainable | trainable % | adapter size | train time (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['task']} | {r['group']} | {r['accuracy']:.3f} | {r['trainable']:,} | "
+        f"{r['trainable_pct']:.2f} | {_size(r['adapter_bytes'])} | {r['train_s']:.1f} |"
+        for r in rows
+    ]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -135,6 +172,8 @@ def verdicts(rows: list[dict[str, Any]], baseline: str = "linear probe") -> list
         won = [m for m, a in mine.items() if m not in (baseline, "full FT") and a > base]
         lost = [m for m, a in mine.items() if m not in (baseline, "full FT") and a <= base]
         best = max(mine, key=mine.get)
-        lines.append(f"{task}: best {best} ({mine[best]:.3f}); beat the linear probe ({base:.3f}): "
-                     f"{', '.join(won) or 'none'}; did not: {', '.join(lost) or 'none'}")
+        lines.append(
+            f"{task}: best {best} ({mine[best]:.3f}); beat the linear probe ({base:.3f}): "
+            f"{', '.join(won) or 'none'}; did not: {', '.join(lost) or 'none'}"
+        )
     return lines

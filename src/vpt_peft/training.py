@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ def evaluate(model: nn.Module, data: Tensors, batch_size: int = 512) -> float:
     model.eval()
     x, y = data
     correct = sum(
-        (model(pixel_values=xb).logits.argmax(-1) == yb).sum().item() for xb, yb in zip(x.split(batch_size), y.split(batch_size))
+        (model(pixel_values=xb).logits.argmax(-1) == yb).sum().item()
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size))
     )
     model.train(was_training)
     return correct / len(y)
@@ -67,7 +69,9 @@ def fit(
 
     ``optimizer_fn`` replaces the SGD recipe (the demo pretrains its backbone with AdamW, as ViTs are).
     """
-    optimizer = optimizer_fn(model) if optimizer_fn else recipes.make_optimizer(model, base_lr, weight_decay, batch_size)
+    optimizer = (
+        optimizer_fn(model) if optimizer_fn else recipes.make_optimizer(model, base_lr, weight_decay, batch_size)
+    )
     scheduler = recipes.epoch_scheduler(optimizer, warmup_epochs, epochs)
     generator = torch.Generator().manual_seed(seed)
     x, y = train
@@ -105,13 +109,30 @@ def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Option
     folder = folder or cache_dir() / f"digits-vit-{image_size}px-{epochs}ep"
     if not (folder / "config.json").exists():
         torch.manual_seed(0)
-        config = ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                           image_size=image_size, patch_size=4, num_labels=10, hidden_dropout_prob=0.0)
+        config = ViTConfig(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            image_size=image_size,
+            patch_size=4,
+            num_labels=10,
+            hidden_dropout_prob=0.0,
+        )
         model = ViTForImageClassification(config)
         train, test, _ = digits_task("plain", size=image_size)
         adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.05)  # noqa: E731
-        fit(model, train, test, epochs=epochs, base_lr=0.0, batch_size=64, warmup_epochs=1,
-            desc="pretraining the foundation model", optimizer_fn=adamw)
+        fit(
+            model,
+            train,
+            test,
+            epochs=epochs,
+            base_lr=0.0,
+            batch_size=64,
+            warmup_epochs=1,
+            desc="pretraining the foundation model",
+            optimizer_fn=adamw,
+        )
         model.save_pretrained(folder)
     return ViTForImageClassification.from_pretrained(folder).eval(), folder
 

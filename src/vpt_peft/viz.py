@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -32,7 +33,9 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("vpt_peft.viz draws with matplotlib: pip install 'vpt-peft[demo]' (or matplotlib).") from error
+        raise ImportError(
+            "vpt_peft.viz draws with matplotlib: pip install 'vpt-peft[demo]' (or matplotlib)."
+        ) from error
     return plt
 
 
@@ -53,7 +56,9 @@ class AttentionMaps:
 @contextlib.contextmanager
 def _sequence_path_and_eager(model: nn.Module) -> Iterator[None]:
     """Temporarily put deep prompts in the sequence and switch every HF module to eager attention."""
-    banks = [bank for layer in model.modules() if isinstance(layer, PromptAdapterLayer) for bank in layer.banks.values()]
+    banks = [
+        bank for layer in model.modules() if isinstance(layer, PromptAdapterLayer) for bank in layer.banks.values()
+    ]
     saved_paths = [bank.uses_kv_path for bank in banks]
     configs = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
     saved_attn = [config._attn_implementation for config in configs]
@@ -78,8 +83,10 @@ def attention_maps(model: nn.Module, pixel_values: torch.Tensor) -> AttentionMap
     backbone = find_backbone(model)
     n = backbone.num_special_tokens
     if n == 0 or not backbone.spec.prompts_in_sequence:
-        raise ValueError(f"Attention maps from CLS need a global-attention backbone with a CLS token; "
-                         f"{backbone.model_type} has none.")
+        raise ValueError(
+            f"Attention maps from CLS need a global-attention backbone with a CLS token; "
+            f"{backbone.model_type} has none."
+        )
     config = backbone.module.config
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)

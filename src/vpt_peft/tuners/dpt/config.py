@@ -29,15 +29,29 @@ class DualPromptConfig(PeftConfig):
     class_names: list[str] | None = field(
         default=None, metadata={"help": "The class names, in label order (required). '_' is read as a space."}
     )
-    text_n_ctx: int = field(default=16, metadata={"help": "Learnable text context vectors (CoOp N_CTX); 0 = frozen template text."})
-    ctx_init: str = field(default="", metadata={"help": "Initialise the context from this phrase's token embeddings (n_ctx = its token count)."})
-    csc: bool = field(default=False, metadata={"help": "Class-specific context: one (n_ctx, d) context per class (CoOp CSC)."})
+    text_n_ctx: int = field(
+        default=16, metadata={"help": "Learnable text context vectors (CoOp N_CTX); 0 = frozen template text."}
+    )
+    ctx_init: str = field(
+        default="",
+        metadata={"help": "Initialise the context from this phrase's token embeddings (n_ctx = its token count)."},
+    )
+    csc: bool = field(
+        default=False, metadata={"help": "Class-specific context: one (n_ctx, d) context per class (CoOp CSC)."}
+    )
     zero_shot_template: str = field(
         default="a photo of a {}.",
-        metadata={"help": "Hand-crafted prompt of the frozen zero-shot text features (top-K selection, warm-up branch)."},
+        metadata={
+            "help": "Hand-crafted prompt of the frozen zero-shot text features (top-K selection, warm-up branch)."
+        },
     )
-    visual_n_ctx: int = field(default=10, metadata={"help": "Deep visual prompts per layer below the CAVPT layers (VPT.N_CTX)."})
-    use_cavpt: bool = field(default=True, metadata={"help": "Class-aware visual prompts in the top layers; False = VLP (prompts in every layer)."})
+    visual_n_ctx: int = field(
+        default=10, metadata={"help": "Deep visual prompts per layer below the CAVPT layers (VPT.N_CTX)."}
+    )
+    use_cavpt: bool = field(
+        default=True,
+        metadata={"help": "Class-aware visual prompts in the top layers; False = VLP (prompts in every layer)."},
+    )
     cavpt_start_layer: int | None = field(
         default=None,
         metadata={
@@ -45,19 +59,37 @@ class DualPromptConfig(PeftConfig):
             "None = N (last layer only, released); N+1 = no CAVPT."
         },
     )
-    cavpt_num_tokens: int = field(default=10, metadata={"help": "Class-aware tokens per CAVPT layer: K = min(this, number of classes) (CPN)."})
-    cavpt_extra_kv_tokens: int = field(default=10, metadata={"help": "Learnable tokens appended to the CAVPT keys/values."})
-    cavpt_attn_dim: int = field(default=32, metadata={"help": "Query/key width of the single-head CAVPT cross-attention."})
-    aux_loss_weight: float = field(default=0.3, metadata={"help": "alpha: weight of the auxiliary CE on the true class's CAVPT token."})
-    warmup_vlp_weight: float = field(default=0.1, metadata={"help": "beta: weight of the DPT logits' CE during the zero-shot-guided warm-up."})
-    zs_warmup_epochs: int = field(default=30, metadata={"help": "Epochs of zero-shot-guided warm-up (PRETRAIN.C); 0 = none."})
+    cavpt_num_tokens: int = field(
+        default=10, metadata={"help": "Class-aware tokens per CAVPT layer: K = min(this, number of classes) (CPN)."}
+    )
+    cavpt_extra_kv_tokens: int = field(
+        default=10, metadata={"help": "Learnable tokens appended to the CAVPT keys/values."}
+    )
+    cavpt_attn_dim: int = field(
+        default=32, metadata={"help": "Query/key width of the single-head CAVPT cross-attention."}
+    )
+    aux_loss_weight: float = field(
+        default=0.3, metadata={"help": "alpha: weight of the auxiliary CE on the true class's CAVPT token."}
+    )
+    warmup_vlp_weight: float = field(
+        default=0.1, metadata={"help": "beta: weight of the DPT logits' CE during the zero-shot-guided warm-up."}
+    )
+    zs_warmup_epochs: int = field(
+        default=30, metadata={"help": "Epochs of zero-shot-guided warm-up (PRETRAIN.C); 0 = none."}
+    )
     prompt_path: str = field(
         default="auto",
-        metadata={"help": "'kv' (= 'auto'): prompts enter attention as extra keys/values (exact); 'sequence': appended tokens."},
+        metadata={
+            "help": "'kv' (= 'auto'): prompts enter attention as extra keys/values (exact); "
+            "'sequence': appended tokens."
+        },
     )
-    backbone_eval_mode: bool = field(default=True, metadata={"help": "Keep frozen CLIP in eval mode while prompts train."})
+    backbone_eval_mode: bool = field(
+        default=True, metadata={"help": "Keep frozen CLIP in eval mode while prompts train."}
+    )
     tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "CLIPTokenizer to load when no `tokenizer` is given; None = the base model's path."}
+        default=None,
+        metadata={"help": "CLIPTokenizer to load when no `tokenizer` is given; None = the base model's path."},
     )
     tokenizer: Any | None = field(
         default=None, metadata={"help": "A CLIPTokenizer used once at creation (runtime only, never saved)."}
@@ -92,7 +124,9 @@ class DualPromptConfig(PeftConfig):
             _check_weight(name, getattr(self, name))
         check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
         if "{}" not in self.zero_shot_template:
-            raise ValueError(f"zero_shot_template must contain '{{}}' for the class name, got {self.zero_shot_template!r}.")
+            raise ValueError(
+                f"zero_shot_template must contain '{{}}' for the class name, got {self.zero_shot_template!r}."
+            )
         if self.ctx_init and self.text_n_ctx == 0:
             raise ValueError("ctx_init needs learnable text context; text_n_ctx=0 uses the frozen template instead.")
 

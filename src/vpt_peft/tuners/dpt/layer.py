@@ -31,8 +31,11 @@ def visual_prompt_config(config: DualPromptConfig, num_layers: int) -> VisualPro
     """The VPT part of a DPT config: N(0, 0.02) deep prompts below the CAVPT layers, no dropout."""
     layers = config.visual_prompt_layers(num_layers)
     return VisualPromptConfig(
-        num_prompts=config.visual_n_ctx if layers else 0, deep=True, prompt_layers=layers or [0],
-        prompt_dropout=0.0, prompt_init="normal",
+        num_prompts=config.visual_n_ctx if layers else 0,
+        deep=True,
+        prompt_layers=layers or [0],
+        prompt_dropout=0.0,
+        prompt_init="normal",
         prompt_path="sequence" if config.prompt_path == "sequence" else "auto",
     )
 
@@ -45,8 +48,9 @@ class DualPromptVisionBank(PromptBank):
         cavpt_layers = config.cavpt_layers(backbone.num_layers)
         self.cavpt_slots = {layer: slot for slot, layer in enumerate(cavpt_layers)}
         self.cavpt = nn.ModuleList(
-            ClassAwarePromptGenerator(text_dim, backbone.hidden_size, config.num_classes,
-                                      config.cavpt_extra_kv_tokens, config.cavpt_attn_dim)
+            ClassAwarePromptGenerator(
+                text_dim, backbone.hidden_size, config.num_classes, config.cavpt_extra_kv_tokens, config.cavpt_attn_dim
+            )
             for _ in cavpt_layers
         )
         self.num_class_tokens = min(config.cavpt_num_tokens, config.num_classes)
@@ -96,8 +100,10 @@ class DualPromptVisionBank(PromptBank):
         if not self.uses_kv_path:
             return None
         normed = norm(tokens.to(dtype))
-        return ExtraKeyValues(split_heads(getattr(attention, k_proj)(normed), head_dim),
-                              split_heads(getattr(attention, v_proj)(normed), head_dim))
+        return ExtraKeyValues(
+            split_heads(getattr(attention, k_proj)(normed), head_dim),
+            split_heads(getattr(attention, v_proj)(normed), head_dim),
+        )
 
 
 class DualPromptVisionLayer(PromptAdapterLayer):
@@ -129,7 +135,7 @@ class DualPromptVisionLayer(PromptAdapterLayer):
 
     def register_hooks(self, backbone: Backbone) -> None:
         super().register_hooks(backbone)
-        for index, layer in enumerate(backbone.layers):
+        for layer in backbone.layers:
             layer.register_forward_hook(self._layer_post_hook)
 
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
@@ -142,8 +148,9 @@ class DualPromptVisionLayer(PromptAdapterLayer):
             return None
         self._inserted[id(module)] = tokens.shape[1]
         hidden = insert_prompts(hidden, tokens, at=self.num_special_tokens)
-        return _open_mask_slots((hidden, *args[1:]), kwargs, hidden.shape[1] - tokens.shape[1], tokens.shape[1],
-                                self.num_special_tokens)
+        return _open_mask_slots(
+            (hidden, *args[1:]), kwargs, hidden.shape[1] - tokens.shape[1], tokens.shape[1], self.num_special_tokens
+        )
 
     def _layer_post_hook(self, module: nn.Module, args: tuple, output: Any):
         count = self._inserted.pop(id(module), 0)

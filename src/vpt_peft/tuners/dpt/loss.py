@@ -48,7 +48,9 @@ def aux_loss(aux_logits: tuple[torch.Tensor, ...], top_k: torch.Tensor, labels: 
     return F.cross_entropy(scores.float(), targets.repeat(len(aux_logits)))
 
 
-def dual_prompt_loss(output: DualPromptOutput, labels: torch.Tensor, config: DualPromptConfig, epoch: int) -> torch.Tensor:
+def dual_prompt_loss(
+    output: DualPromptOutput, labels: torch.Tensor, config: DualPromptConfig, epoch: int
+) -> torch.Tensor:
     """The full DPT objective for one batch at ``epoch`` (0-based).
 
     Warm-up (``epoch < zs_warmup_epochs``): CE(coop) + CE(vpt) + beta * CE(logits); after: CE(logits).

@@ -81,8 +81,10 @@ class DualPromptModel(PromptTunerModel):
 
     def _prepare_adapter_config(self, peft_config: DualPromptConfig, model_config: dict) -> DualPromptConfig:
         if not isinstance(self.model, CLIPModel):
-            raise TypeError(f"DualPromptConfig prompts a transformers.CLIPModel (text + vision towers), got "
-                            f"{type(self.model).__name__}. For a vision-only model use VisualPromptConfig.")
+            raise TypeError(
+                f"DualPromptConfig prompts a transformers.CLIPModel (text + vision towers), got "
+                f"{type(self.model).__name__}. For a vision-only model use VisualPromptConfig."
+            )
         backbone = find_backbone(self.model)
         _check_same_backbone(peft_config, backbone)
         peft_config.cavpt_layers(backbone.num_layers)
@@ -150,9 +152,11 @@ class DualPromptModel(PromptTunerModel):
         if text_bank is None or vision_bank is None:
             return None  # adapter disabled: plain CLIP
         if args or kwargs.get("input_ids") is not None or kwargs.get("pixel_values") is None:
-            raise ValueError("A DPT model classifies images against its class prompts: call it as "
-                             "model(pixel_values=..., labels=...) with keyword arguments and no input_ids; use "
-                             "`with model.disable_adapter():` for plain CLIP.")
+            raise ValueError(
+                "A DPT model classifies images against its class prompts: call it as "
+                "model(pixel_values=..., labels=...) with keyword arguments and no input_ids; use "
+                "`with model.disable_adapter():` for plain CLIP."
+            )
         config = self.peft_config[self.active_adapters[0]]
         vision_bank.clear()
         if vision_bank.cavpt_slots and torch.is_grad_enabled():
@@ -164,8 +168,9 @@ class DualPromptModel(PromptTunerModel):
         if vision_bank.cavpt_slots or warmup:
             template = text_layer.template_features(clip, text_bank)
             with torch.no_grad(), vision_layer.bypassed():
-                pooled = clip.vision_model(pixel_values=pixel_values,
-                                           interpolate_pos_encoding=kwargs.get("interpolate_pos_encoding", False))
+                pooled = clip.vision_model(
+                    pixel_values=pixel_values, interpolate_pos_encoding=kwargs.get("interpolate_pos_encoding", False)
+                )
                 zero_shot = _normalize(clip.visual_projection(pooled.pooler_output))
             if vision_bank.cavpt_slots:
                 scores = zero_shot @ _normalize(template).T
@@ -190,7 +195,9 @@ class DualPromptModel(PromptTunerModel):
         result = DualPromptOutput(
             logits=scale * image @ text.T,
             coop_logits=state.coop_logits,
-            vpt_logits=None if state.template_features is None else scale * image @ _normalize(state.template_features).T,
+            vpt_logits=None
+            if state.template_features is None
+            else scale * image @ _normalize(state.template_features).T,
             aux_logits=aux,
             top_k=state.top_k,
             image_embeds=image,
@@ -201,8 +208,13 @@ class DualPromptModel(PromptTunerModel):
             result.loss = dual_prompt_loss(result, state.labels, config, self.epoch)
         return result
 
-    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
-                                     adapter_names: list[str] | None = None):
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ):
         if not merge:
             text_layer = self._sidecars()[0]
             remove_owned_hooks(text_layer, self.model)

@@ -48,18 +48,29 @@ def tokenize_class_prompts(tokenizer: Any, config: DualPromptConfig, max_length:
     encoded = [_ids(tokenizer, text) for text in prompts + templates]
     length = max(len(ids) for ids in encoded)
     if length > max_length:
-        raise ValueError(f"A class prompt needs {length} tokens but the text tower takes at most {max_length}; "
-                         "shorten text_n_ctx, ctx_init, the template or the class names.")
+        raise ValueError(
+            f"A class prompt needs {length} tokens but the text tower takes at most {max_length}; "
+            "shorten text_n_ctx, ctx_init, the template or the class names."
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     table = torch.tensor([ids + [pad] * (length - len(ids)) for ids in encoded])
     class_ids, template_ids = table[: len(names)], table[len(names) :]
     if config.text_n_ctx:
         expected = init_ids or _ids(tokenizer, PLACEHOLDER)[1:-1] * config.text_n_ctx
-        if len(expected) != config.text_n_ctx or not (class_ids[:, 1 : 1 + config.text_n_ctx] == torch.tensor(expected)).all():
-            raise ValueError("The tokenizer did not give the context exactly text_n_ctx tokens right after BOS; "
-                             "use a CLIPTokenizer (or a ctx_init phrase it tokenizes independently of the class name).")
+        if (
+            len(expected) != config.text_n_ctx
+            or not (class_ids[:, 1 : 1 + config.text_n_ctx] == torch.tensor(expected)).all()
+        ):
+            raise ValueError(
+                "The tokenizer did not give the context exactly text_n_ctx tokens right after BOS; "
+                "use a CLIPTokenizer (or a ctx_init phrase it tokenizes independently of the class name)."
+            )
     config.text_length = length
-    return {"class_token_ids": class_ids, "template_token_ids": template_ids, "init_ids": torch.tensor(init_ids, dtype=torch.long)}
+    return {
+        "class_token_ids": class_ids,
+        "template_token_ids": template_ids,
+        "init_ids": torch.tensor(init_ids, dtype=torch.long),
+    }
 
 
 class TextPromptBank(nn.Module):
@@ -123,8 +134,9 @@ class DualPromptTextLayer(nn.Module, BaseTunerLayer):
         self.dpt_text = nn.ModuleDict()
         self._splicing: TextPromptBank | None = None
 
-    def update_layer(self, adapter_name: str, config: DualPromptConfig, token_embedding: nn.Embedding,
-                     tokens: dict | None) -> None:
+    def update_layer(
+        self, adapter_name: str, config: DualPromptConfig, token_embedding: nn.Embedding, tokens: dict | None
+    ) -> None:
         self.dpt_text[adapter_name] = TextPromptBank(config, token_embedding, tokens)
         self.set_adapter(self.active_adapters)
 

@@ -41,19 +41,27 @@ def dual_prompt_parameter_groups(
     for name, param in model.named_parameters():
         if param.requires_grad:
             (text if ".dpt_text." in name else visual).append(param)
-    groups = [dict(params=visual, lr=lr_visual, weight_decay=weight_decay, name="visual"),
-              dict(params=text, lr=lr_text, weight_decay=weight_decay, name="text")]
+    groups = [
+        dict(params=visual, lr=lr_visual, weight_decay=weight_decay, name="visual"),
+        dict(params=text, lr=lr_text, weight_decay=weight_decay, name="text"),
+    ]
     return [g for g in groups if g["params"]]
 
 
-def dual_prompt_optimizer(model: nn.Module, lr_visual: float = 0.01, lr_text: float = 0.002,
-                          weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.SGD:
+def dual_prompt_optimizer(
+    model: nn.Module, lr_visual: float = 0.01, lr_text: float = 0.002, weight_decay: float = 5e-4, momentum: float = 0.9
+) -> torch.optim.SGD:
     """SGD as the reference (Dassl): momentum 0.9, no Nesterov, weight decay 5e-4."""
     return torch.optim.SGD(dual_prompt_parameter_groups(model, lr_visual, lr_text, weight_decay), momentum=momentum)
 
 
-def dual_prompt_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int = 1,
-                          warmup_epochs: dict | None = None, warmup_lr: float = 1e-5) -> torch.optim.lr_scheduler.LambdaLR:
+def dual_prompt_scheduler(
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    steps_per_epoch: int = 1,
+    warmup_epochs: dict | None = None,
+    warmup_lr: float = 1e-5,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Dassl's schedule per group: constant ``warmup_lr`` for the warm-up epochs (visual 10, text 1), then
     a cosine over ``epochs`` that restarts at the warm-up's end; the lr changes once per epoch."""
     warmup_epochs = warmup_epochs or {"visual": 10, "text": 1}

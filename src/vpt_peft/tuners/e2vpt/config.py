@@ -22,12 +22,27 @@ class KVPromptConfig(PromptConfigBase):
     num_kv_prompts: int = field(default=5, metadata={"help": "Key-value prompts per layer (T)."})
     kv_dropout: float = field(default=0.0, metadata={"help": "Dropout on the key copy and the value copy, separately."})
     share_kv: bool = field(default=True, metadata={"help": "One tensor for keys and values (official default)."})
-    kv_deep: bool = field(default=True, metadata={"help": "Key-value prompts in every prompted layer, else the first only."})
-    kv_init: str = field(default="kaiming_uniform", metadata={"help": "'kaiming_uniform' (official: U(+-sqrt(6/(T*head_dim)))) or 'trunc_normal' (std 0.02)."})
-    gates: bool = field(default=True, metadata={"help": "Learnable token/segment gates on the visual prompts (needed for pruning scores)."})
-    num_segments: int = field(default=16, metadata={"help": "Segments per prompt token (R); channel c belongs to segment c mod R."})
-    pruned: bool = field(default=False, metadata={"help": "Set by prune_prompts: gates replaced by fixed binary masks."})
-    prune_mode: str = field(default="remove", metadata={"help": "'remove' drops pruned tokens from the sequence; 'zero' zeroes them (official)."})
+    kv_deep: bool = field(
+        default=True, metadata={"help": "Key-value prompts in every prompted layer, else the first only."}
+    )
+    kv_init: str = field(
+        default="kaiming_uniform",
+        metadata={"help": "'kaiming_uniform' (official: U(+-sqrt(6/(T*head_dim)))) or 'trunc_normal' (std 0.02)."},
+    )
+    gates: bool = field(
+        default=True,
+        metadata={"help": "Learnable token/segment gates on the visual prompts (needed for pruning scores)."},
+    )
+    num_segments: int = field(
+        default=16, metadata={"help": "Segments per prompt token (R); channel c belongs to segment c mod R."}
+    )
+    pruned: bool = field(
+        default=False, metadata={"help": "Set by prune_prompts: gates replaced by fixed binary masks."}
+    )
+    prune_mode: str = field(
+        default="remove",
+        metadata={"help": "'remove' drops pruned tokens from the sequence; 'zero' zeroes them (official)."},
+    )
 
     def __post_init__(self) -> None:
         from peft.utils.peft_types import PeftType

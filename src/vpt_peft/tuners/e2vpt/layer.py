@@ -55,7 +55,9 @@ class KVPromptBank(PromptBank):
             self.prompt_token_gates = nn.Parameter(torch.ones(p))
             self.prompt_segment_gates = nn.Parameter(torch.ones(p, r))
         self.reset_kv_prompts(config)
-        self.initial_values = {name: getattr(self, name).detach().clone() for name in (*self.visual_names, *self.kv_names)}
+        self.initial_values = {
+            name: getattr(self, name).detach().clone() for name in (*self.visual_names, *self.kv_names)
+        }
         self.register_load_state_dict_pre_hook(self._forget_initial_values)
 
     def _forget_initial_values(self, *args) -> None:

@@ -9,8 +9,9 @@ does (``"zero"``); pruned segments are zeroed (a channel subset cannot be remove
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,9 @@ def importance_scores(
     return totals[0] / batches, totals[1] / batches
 
 
-def select_pruning(token_scores: torch.Tensor, segment_scores: torch.Tensor, token_ratio: float, segment_ratio: float) -> PruningResult:
+def select_pruning(
+    token_scores: torch.Tensor, segment_scores: torch.Tensor, token_ratio: float, segment_ratio: float
+) -> PruningResult:
     """Official selection: prune the int(p * ratio) lowest-scoring tokens (keeping at least 1) and, per kept
     token, the int(R * ratio) lowest-scoring segments (keeping at least 4)."""
     p, r = segment_scores.shape
@@ -129,7 +132,9 @@ def prune_prompts(
     if peft_config.pruned:
         raise ValueError(f"Adapter {name!r} is already pruned.")
     if rewind == "initial" and bank.initial_values is None:
-        raise ValueError("This adapter was loaded from disk, so its initial values are unknown: use rewind='reinit' or None.")
+        raise ValueError(
+            "This adapter was loaded from disk, so its initial values are unknown: use rewind='reinit' or None."
+        )
     with torch.enable_grad():
         token_scores, segment_scores = importance_scores(
             model, data, adapter_name=name, importance=importance, loss_fn=loss_fn

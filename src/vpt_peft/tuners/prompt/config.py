@@ -40,7 +40,9 @@ class PromptConfigBase(PeftConfig):
     """
 
     num_prompts: int = field(default=5, metadata={"help": "Prompt tokens per prompted layer (p)."})
-    deep: bool = field(default=False, metadata={"help": "Prompts at every prompted layer (VPT-deep) or only the first."})
+    deep: bool = field(
+        default=False, metadata={"help": "Prompts at every prompted layer (VPT-deep) or only the first."}
+    )
     prompt_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Deep mode: indices of the prompted layers (default: all)."}
     )
@@ -95,7 +97,9 @@ class PromptConfigBase(PeftConfig):
         if isinstance(self.prompt_project_dim, bool) or not isinstance(self.prompt_project_dim, int):
             raise ValueError(f"prompt_project_dim must be an integer (-1 = off), got {self.prompt_project_dim!r}.")
         if self.prompt_path == "kv" and not self.deep:
-            raise ValueError("prompt_path='kv' applies to deep prompts (shallow prompts flow on through every layer); set deep=True.")
+            raise ValueError(
+                "prompt_path='kv' applies to deep prompts (shallow prompts flow on through every layer); set deep=True."
+            )
         if self.prompt_layers is not None:
             if not self.deep:
                 raise ValueError("prompt_layers only applies to deep prompts; set deep=True or drop prompt_layers.")
@@ -118,5 +122,7 @@ class PromptConfigBase(PeftConfig):
             return [0]
         layers = self.prompt_layers if self.prompt_layers is not None else list(range(num_layers))
         if layers[-1] >= num_layers:
-            raise ValueError(f"prompt_layers {layers} out of range: the backbone has {num_layers} layers (0..{num_layers - 1}).")
+            raise ValueError(
+                f"prompt_layers {layers} out of range: the backbone has {num_layers} layers (0..{num_layers - 1})."
+            )
         return list(layers)

@@ -155,8 +155,15 @@ class PromptBank(nn.Module):
         return self.transform(prompts).to(dtype)
 
     def extra_key_values(
-        self, layer_index: int, norm: nn.Module, attention: nn.Module, batch_size: int, dtype: torch.dtype,
-        k_proj: str, v_proj: str, head_dim: int,
+        self,
+        layer_index: int,
+        norm: nn.Module,
+        attention: nn.Module,
+        batch_size: int,
+        dtype: torch.dtype,
+        k_proj: str,
+        v_proj: str,
+        head_dim: int,
     ) -> Optional[ExtraKeyValues]:
         """Keys/values that layer ``layer_index``'s real tokens attend to besides their own."""
         slot = self.layer_slots.get(layer_index)

@@ -21,9 +21,10 @@ as one call, as a single-task batch does. Grouping is per task, never per sample
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from peft.utils.other import ModulesToSaveWrapper
@@ -59,11 +60,11 @@ class MixedBatch:
             self._row_tasks[rows] = (task, [(task == i).nonzero().flatten() for i in range(len(self.names))])
         return self._row_tasks[rows]
 
-    def banks(self, layer: "PromptAdapterLayer") -> list[Optional["PromptBank"]]:
+    def banks(self, layer: PromptAdapterLayer) -> list[Optional[PromptBank]]:
         """Each task's bank in ``layer`` (``None``: the base model, or an adapter this layer does not hold)."""
         return [layer.banks[name] if name in layer.banks else None for name in self.names]
 
-    def sequence_slots(self, layer: "PromptAdapterLayer") -> tuple[int, int]:
+    def sequence_slots(self, layer: PromptAdapterLayer) -> tuple[int, int]:
         """(slots the batch reserves in the sequence, the block that opens them); (0, -1) when none."""
         banks = [bank for bank in self.banks(layer) if bank is not None and bank.sequence_tokens]
         if not banks:
@@ -71,7 +72,7 @@ class MixedBatch:
         return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
 
     # ---------------------------------------------------------------------------------- sequence path
-    def layer_inputs(self, layer: "PromptAdapterLayer", index: int, args: tuple, kwargs: dict, open_mask) -> Any:
+    def layer_inputs(self, layer: PromptAdapterLayer, index: int, args: tuple, kwargs: dict, open_mask) -> Any:
         """Open the slots at the first prompted block, then write each task's prompts into its samples' slots.
 
         ``open_mask(args, kwargs, length, count, at)`` widens a mask the model built for the real tokens.
@@ -100,7 +101,7 @@ class MixedBatch:
 
     # ---------------------------------------------------------------------------------- attention
     def key_groups(
-        self, layer: "PromptAdapterLayer", index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
+        self, layer: PromptAdapterLayer, index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
     ) -> Optional[list[KeyGroup]]:
         """The key layouts of block ``index``'s attention, or ``None`` when it is the base model's for all."""
         slots, opening = self.sequence_slots(layer)
@@ -135,7 +136,9 @@ class MixedBatch:
             positions = None
             if real < slots:
                 device = self.task.device
-                positions = torch.cat([torch.arange(n + real, device=device), torch.arange(n + slots, length, device=device)])
+                positions = torch.cat(
+                    [torch.arange(n + real, device=device), torch.arange(n + slots, length, device=device)]
+                )
             self._layouts[key] = (rows, positions)
         return self._layouts[key]
 
@@ -174,8 +177,14 @@ def _pad_logits(width: int, module: nn.Module, args: tuple, output: torch.Tensor
 
 
 @contextmanager
-def serve_mixed_batch(model: nn.Module, layers: list["PromptAdapterLayer"], adapter_names: Sequence[str],
-                      known: Sequence[str], args: tuple, kwargs: dict) -> Iterator[None]:
+def serve_mixed_batch(
+    model: nn.Module,
+    layers: list[PromptAdapterLayer],
+    adapter_names: Sequence[str],
+    known: Sequence[str],
+    args: tuple,
+    kwargs: dict,
+) -> Iterator[None]:
     """Validate ``adapter_names``, then run one forward with per-sample prompts and heads."""
     adapter_names = _check_names(adapter_names, known, args, kwargs)
     if model.training:
@@ -186,8 +195,12 @@ def serve_mixed_batch(model: nn.Module, layers: list["PromptAdapterLayer"], adap
         for wrapper in wrappers:
             missing = [n for n in set(adapter_names) - {BASE_ADAPTER} if n not in wrapper.modules_to_save]
             if missing:
-                raise ValueError(f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}.")
-            handles.append(wrapper.register_forward_pre_hook(partial(_pass_adapter_names, adapter_names), with_kwargs=True))
+                raise ValueError(
+                    f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}."
+                )
+            handles.append(
+                wrapper.register_forward_pre_hook(partial(_pass_adapter_names, adapter_names), with_kwargs=True)
+            )
             widths = {head_width(wrapper, name) for name in adapter_names}
             if len(widths) > 1 and None not in widths:
                 if kwargs.get("labels") is not None:
@@ -215,8 +228,10 @@ def _check_names(adapter_names: Any, known: Sequence[str], args: tuple, kwargs: 
     adapter_names = list(adapter_names)
     unknown = sorted(set(adapter_names) - set(known) - {BASE_ADAPTER})
     if unknown:
-        raise ValueError(f"Unknown adapter(s) {unknown} in adapter_names; this model has {sorted(known)} "
-                         f"(and {BASE_ADAPTER!r} for the base model).")
+        raise ValueError(
+            f"Unknown adapter(s) {unknown} in adapter_names; this model has {sorted(known)} "
+            f"(and {BASE_ADAPTER!r} for the base model)."
+        )
     pixels = kwargs.get("pixel_values", args[0] if args else None)
     if isinstance(pixels, torch.Tensor) and len(pixels) != len(adapter_names):
         raise ValueError(f"adapter_names has {len(adapter_names)} names for a batch of {len(pixels)} samples.")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -115,8 +116,13 @@ class PromptTunerModel(BaseTuner):
                     raise ValueError(f"num_labels needs a Linear head, {type(head).__name__} is not one.")
                 if head.out_features == num_labels:
                     continue
-                new = nn.Linear(head.in_features, num_labels, bias=head.bias is not None,
-                                device=head.weight.device, dtype=head.weight.dtype)
+                new = nn.Linear(
+                    head.in_features,
+                    num_labels,
+                    bias=head.bias is not None,
+                    device=head.weight.device,
+                    dtype=head.weight.dtype,
+                )
                 new.requires_grad_(head.weight.requires_grad)
                 module.modules_to_save[adapter_name] = new
 
@@ -171,7 +177,7 @@ class PromptTunerModel(BaseTuner):
         finally:
             config.id2label, config.label2id = saved
 
-    def train(self, mode: bool = True) -> "PromptTunerModel":
+    def train(self, mode: bool = True) -> PromptTunerModel:
         """Train the prompts and head while the frozen backbone keeps eval-mode behaviour (no dropout).
 
         Blocks and ``PreTrainedModel`` containers keep ``training=mode`` so that gradient checkpointing,
@@ -191,7 +197,10 @@ class PromptTunerModel(BaseTuner):
         return self
 
     def _unload_and_optionally_merge(
-        self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
         adapter_names: Optional[list[str]] = None,
     ):
         if merge:

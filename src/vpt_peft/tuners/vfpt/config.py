@@ -20,7 +20,9 @@ class FourierPromptConfig(PromptConfigBase):
 
     fourier_ratio: float = field(default=0.5, metadata={"help": "alpha = m / M, the share of Fourier prompts."})
     fourier_dims: str = field(default="all", metadata={"help": "'all' (sequence and hidden), 'sequence' or 'hidden'."})
-    fourier_location: str = field(default="prepend", metadata={"help": "Fourier prompts before ('prepend') or after the plain ones."})
+    fourier_location: str = field(
+        default="prepend", metadata={"help": "Fourier prompts before ('prepend') or after the plain ones."}
+    )
 
     def __post_init__(self) -> None:
         from peft.utils.peft_types import PeftType
