@@ -1,8 +1,8 @@
 """Multi-task serving, fully offline: one frozen ViT, three prompt adapters, one mixed batch.
 
-1. Take the quickstart's small ViT pretrained on scikit-learn digits (built and cached on first use).
+1. Take the demo's small ViT pretrained on scikit-learn digits (built and cached on first use).
 2. Train three task adapters on the frozen backbone and save them (kilobytes each):
-   ``digits`` (the 10 digits), ``rotated`` (rotated + inverted digits, 10 classes) and ``parity``
+   ``digits`` (the 10 digits), ``rotated`` (inverted + rotated digits, 10 classes) and ``parity``
    (even/odd, its own 2-class head). They use different prompt counts, so the batch needs padding.
 3. Load all three onto one fresh copy of the backbone and serve a single batch that mixes samples of the
    three tasks and of the base model (``"__base__"``): ``model(pixel_values, adapter_names=[...])``.
@@ -21,20 +21,18 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model
-from quickstart import CACHE, digits, pretrained_backbone, train
 from transformers import ViTForImageClassification
 
 import vpt_peft  # noqa: F401  (registers the methods with peft)
 from vpt_peft import BASE_ADAPTER, VisualPromptConfig
-
-
-def rotated(x: torch.Tensor) -> torch.Tensor:
-    return 1.0 - torch.rot90(x, 1, dims=(1, 2))
+from vpt_peft.data import digits_task
+from vpt_peft.training import fit, pretrained_digits_vit
 
 
 def tasks() -> dict[str, tuple[VisualPromptConfig, tuple, tuple]]:
     """name -> (adapter config, train split, test split)."""
-    (digits_train, digits_test), (rot_train, rot_test) = digits(), digits(rotated, seed=1)
+    digits_train, digits_test, _ = digits_task("plain")
+    rot_train, rot_test, _ = digits_task("inverted")
     parity = lambda split: (split[0], split[1] % 2)  # noqa: E731
     return {
         "digits": (VisualPromptConfig(num_prompts=5, deep=True), digits_train, digits_test),
@@ -52,8 +50,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer epochs (used by the test suite)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pre_epochs, epochs = (4, 4) if args.quick else (25, 15)
-    backbone = pretrained_backbone(pre_epochs).eval()
+    pre_epochs, epochs = (4, 4) if args.quick else (30, 15)
+    backbone, cache = pretrained_digits_vit(epochs=pre_epochs)
     data = tasks()
 
     with tempfile.TemporaryDirectory() as root:
@@ -61,12 +59,13 @@ def main() -> None:
         for name, (config, task_train, _) in data.items():
             torch.manual_seed(0)
             model = get_peft_model(copy.deepcopy(backbone), config, adapter_name=name)
-            train(model, task_train, epochs, 1e-2, f"training {name}").save_pretrained(root)  # -> root/<name>/
+            fit(model, task_train, None, epochs=epochs, base_lr=1.0, warmup_epochs=1, desc=f"training {name}")
+            model.save_pretrained(root)  # -> root/<name>/
         adapter_bytes = folder_bytes(root)
 
         names = list(data)
         served = PeftModel.from_pretrained(
-            ViTForImageClassification.from_pretrained(CACHE), root / names[0], adapter_name=names[0]
+            ViTForImageClassification.from_pretrained(cache), root / names[0], adapter_name=names[0]
         )
         for name in names[1:]:
             served.load_adapter(root / name, adapter_name=name)
