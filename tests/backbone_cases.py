@@ -37,15 +37,9 @@ from transformers import (
 
 from vpt_peft import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-)
-NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+from .helpers import NO_DROPOUT
+from .helpers import SIZES as TINY
+
 LABELS = 3
 
 

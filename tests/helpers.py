@@ -14,16 +14,11 @@ from transformers import (
 
 import vpt_peft  # noqa: F401  (registers the methods)
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
+SIZES = dict(
+    hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8
 )
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = {**SIZES, **NO_DROPOUT}
 
 MODEL_CLASSES = {
     "vit": ViTForImageClassification,

@@ -18,24 +18,25 @@ def test_every_example_is_covered():
     assert not missing, f"examples without a run test: {missing}"
 
 
-def test_demo_runs_offline(tmp_path):
+def run_example(name: str, *args: str, cache: Path) -> str:
+    """Run ``examples/<name>`` offline with its own model cache; return its stdout."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "VPT_PEFT_CACHE": str(tmp_path / "cache"),
+        "VPT_PEFT_CACHE": str(cache),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    out_dir = tmp_path / "out"
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py"), "--quick", "--output", str(out_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
+        [sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True, env=env, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "reloaded onto a fresh backbone with identical logits" in out.stdout
+    return out.stdout
+
+
+def test_demo_runs_offline(tmp_path):
+    out_dir = tmp_path / "out"
+    stdout = run_example("demo.py", "--quick", "--output", str(out_dir), cache=tmp_path / "cache")
+    assert "reloaded onto a fresh backbone with identical logits" in stdout
     with open(out_dir / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     methods = {"linear probe", "full FT", "VPT shallow", "VPT deep", "VFPT", "E2VPT"}
@@ -48,31 +49,14 @@ def test_demo_runs_offline(tmp_path):
 
 
 def test_quickstart_runs_offline(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VPT_PEFT_CACHE": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "identical logits" in out.stdout
-    assert "VPT-deep" in out.stdout and "linear probe" in out.stdout
+    stdout = run_example("quickstart.py", "--quick", cache=tmp_path)
+    assert "identical logits" in stdout
+    assert "VPT-deep" in stdout and "linear probe" in stdout
 
 
 def test_multitask_serving_runs_offline(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VPT_PEFT_CACHE": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "multitask_serving.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "mixed batch logits identical to each task served alone" in out.stdout
+    stdout = run_example("multitask_serving.py", "--quick", cache=tmp_path)
+    assert "mixed batch logits identical to each task served alone" in stdout
     for task in ("digits", "rotated", "parity", "__base__"):
-        assert task in out.stdout
-    assert "memory saved" in out.stdout
+        assert task in stdout
+    assert "memory saved" in stdout
