@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 from torch import nn
@@ -59,6 +59,10 @@ def cls_and_registers(config: object) -> int:
     return 1 + config.num_register_tokens
 
 
+# Block layouts shared by two families each (the entries below differ only in tokens and pooling).
+DINOV2_BLOCKS = BackboneSpec(layers="encoder.layer", attention_norm="norm1")
+CLIP_BLOCKS = BackboneSpec(layers="encoder.layers", attention="self_attn", attention_norm="layer_norm1")
+
 BACKBONES: dict[str, BackboneSpec] = {
     "vit": BackboneSpec(description="ViTModel, ViTForImageClassification: [CLS, prompts, patches]"),
     "deit": BackboneSpec(
@@ -78,28 +82,22 @@ BACKBONES: dict[str, BackboneSpec] = {
         description="SwinModel, SwinForImageClassification: windowed attention, so every block's prompts join each "
         "window's attention as extra keys/values (one tensor per stage width)",
     ),
-    "dinov2": BackboneSpec(
-        layers="encoder.layer",
-        attention_norm="norm1",
+    "dinov2": replace(
+        DINOV2_BLOCKS,
         description="Dinov2Model, Dinov2ForImageClassification: the head's patch mean never sees the prompts",
     ),
-    "dinov2_with_registers": BackboneSpec(
-        layers="encoder.layer",
-        attention_norm="norm1",
+    "dinov2_with_registers": replace(
+        DINOV2_BLOCKS,
         num_special_tokens=cls_and_registers,
         description="Dinov2WithRegistersModel, ...ForImageClassification: prompts after CLS and the registers",
     ),
-    "clip_vision_model": BackboneSpec(
-        layers="encoder.layers",
-        attention="self_attn",
-        attention_norm="layer_norm1",
+    "clip_vision_model": replace(
+        CLIP_BLOCKS,
         final_norm=None,
         description="CLIPVisionModel(WithProjection), CLIPModel's vision tower: prompts after pre_layrnorm, CLS pooled",
     ),
-    "siglip_vision_model": BackboneSpec(
-        layers="encoder.layers",
-        attention="self_attn",
-        attention_norm="layer_norm1",
+    "siglip_vision_model": replace(
+        CLIP_BLOCKS,
         num_special_tokens=0,
         final_norm="post_layernorm",
         description="SiglipVisionModel, SiglipForImageClassification: no CLS, prompts first, stripped before pooling",
