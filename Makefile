@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpt-peft-installed
 
-.PHONY: venv test demo docs bench clean
+.PHONY: venv test test-kernels demo docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(STAMP)
 	$(PY) -m ruff format --check --quiet src tests bench examples docs
 	$(PY) -m pytest -q
 	$(PY) -m mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+# The suite under other kernels and thread counts, as other machines run it: no test may depend on the bits a
+# particular CPU's kernels produce. Run before every release (and before a session stops).
+test-kernels: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -p no:cacheprovider
+	if grep -q avx512f /proc/cpuinfo; then ONEDNN_MAX_CPU_ISA=AVX512_CORE $(PY) -m pytest -q -p no:cacheprovider; \
+	else echo "test-kernels: no AVX-512 on this CPU, ONEDNN_MAX_CPU_ISA=AVX512_CORE skipped"; fi
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

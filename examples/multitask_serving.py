@@ -94,10 +94,11 @@ def main() -> None:
             else:
                 served.set_adapter(name)
                 alone = served(pixel_values=pixels[rows]).logits
-        same = torch.equal(logits[rows, : alone.shape[1]], alone)
+        # Equal to float rounding: a row's bits depend on its batch position and the CPU's kernels.
+        same = torch.allclose(logits[rows, : alone.shape[1]], alone, rtol=1e-5, atol=1e-5)
         identical &= same
         acc = (predictions[rows] == labels[rows]).float().mean().item()
-        print(f"{name:<12}{len(rows):>9}{acc:>10.3f}{'identical' if same else 'DIFFERENT':>11}")
+        print(f"{name:<12}{len(rows):>9}{acc:>10.3f}{'equal' if same else 'DIFFERENT':>11}")
 
     model_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
     fine_tuned = len(names) * model_bytes
@@ -109,7 +110,7 @@ def main() -> None:
     )
     if not identical:
         raise SystemExit("the mixed batch does not reproduce each task's own predictions")
-    print("mixed batch logits identical to each task served alone")
+    print("mixed batch logits equal (to float rounding) to each task served alone")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_quickstart_runs_offline(tmp_path):
 
 def test_multitask_serving_runs_offline(tmp_path):
     stdout = run_example("multitask_serving.py", "--quick", cache=tmp_path)
-    assert "mixed batch logits identical to each task served alone" in stdout
+    assert "mixed batch logits equal (to float rounding) to each task served alone" in stdout
     for task in ("digits", "rotated", "parity", "__base__"):
         assert task in stdout
     assert "memory saved" in stdout

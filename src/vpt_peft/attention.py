@@ -72,7 +72,8 @@ class KeyGroup:
     ``rows`` (``(n,)``, ``None`` = the whole batch) are the samples; ``positions`` (``(T,)``, ``None`` = all)
     the sequence positions that are real tokens for them. Positions left out (padding slots other tasks'
     prompts occupy) take part neither as queries nor as keys, so every sample meets exactly the keys, in
-    the order, it would meet alone: no masked padding changes a reduction, and outputs stay bit-identical.
+    the order, it would meet alone: no masked padding enters a reduction, so outputs equal running alone up to
+    float rounding (the kernels see other batch shapes).
     ``extra`` holds the keys/values appended for these samples (batch ``n`` or 1).
     """
 
