@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, delete_adapter, set_adapter
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -99,6 +99,20 @@ class PromptTuner(BaseTuner):
             if marker in key:
                 return key.replace(marker, marker.removesuffix(f"{adapter_name}."), 1)
         return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate ``adapter_name`` in every sidecar: peft's own switches only ``tuner_layer_cls`` layers, which would
+        leave a method's other sidecars (DPT's text context) on the previous adapter, and trainable."""
+        set_adapter(self.model, adapter_name, inference_mode=inference_mode, layer_cls=SidecarLayer)
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete ``adapter_name`` from every sidecar (peft's own deletes from ``tuner_layer_cls`` layers only)."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"Adapter {adapter_name} does not exist")
+        del self.peft_config[adapter_name]
+        remaining = delete_adapter(self.model, adapter_name=adapter_name, prefix=self.prefix, layer_cls=SidecarLayer)
+        self.active_adapter = remaining or []
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key) -> None:
         sidecar = getattr(target, SIDECAR_NAME, None)
