@@ -9,7 +9,8 @@ must carry their own prompts). :class:`SidecarLayer` is the peft boilerplate eve
   block and overwrites them at every later prompted block (the in-sequence path);
 * a forward pre-hook on every block's attention hands it extra keys/values (the key-value path, see
   :mod:`vpt_peft.engine.attention`);
-* forward hooks on the final norm and the backbone remove prompt positions from what the model returns.
+* forward hooks on the final norm and the backbone remove prompt positions from what the model returns;
+* under gradient checkpointing, a forward hook on the embeddings makes their output require grad.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import EXTRA_KV_ATTRIBUTE, ensure_installed, set_extra_key_values
 from .backbones import Backbone, get_path
@@ -145,6 +147,8 @@ class PromptAdapterLayer(SidecarLayer):
             bias = get_path(layer, spec.relative_position_bias) if spec.relative_position_bias else None
             if bias is not None:
                 bias.register_forward_hook(functools.partial(self._bias_hook, index))
+        checkpointable = tuple(m for m in backbone.module.modules() if isinstance(m, GradientCheckpointingLayer))
+        backbone.sub(spec.embeddings).register_forward_hook(functools.partial(self._embeddings_hook, checkpointable))
         if spec.final_norm is not None:
             backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
         backbone.module.register_forward_hook(self._backbone_output_hook)
@@ -162,11 +166,6 @@ class PromptAdapterLayer(SidecarLayer):
         bank = self.active_bank()
         if bank is None:
             return None
-        checkpointed = getattr(module, "gradient_checkpointing", False) and module.training
-        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
-            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
-            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
-            args = (args[0].detach().requires_grad_(), *args[1:])
         p, n = bank.sequence_tokens, self.num_special_tokens
         if p == 0 or index < bank.first_layer:
             return args, kwargs
@@ -177,6 +176,22 @@ class PromptAdapterLayer(SidecarLayer):
             splice = insert_prompts if index == bank.first_layer else replace_prompts
             hidden = splice(hidden, prompts, at=n)
         return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
+
+    def _embeddings_hook(self, checkpointable: tuple[nn.Module, ...], module: nn.Module, args: tuple, output: Any):
+        """Under gradient checkpointing, let the embeddings' output require grad (as ``enable_input_require_grads``).
+
+        Reentrant checkpointing backpropagates into a checkpointed module only if one of its inputs requires grad.
+        With no prompt in the residual stream (the key-value path) nothing else would, and the prompts would
+        silently get no gradient. Done here, before the first block, because the checkpointed module may be a
+        container of the hooked blocks (Swin checkpoints whole stages), whose inputs the block hooks cannot reach.
+        """
+        if not torch.is_grad_enabled() or not any(m.gradient_checkpointing and m.training for m in checkpointable):
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        if not isinstance(hidden, torch.Tensor) or hidden.requires_grad:
+            return None
+        hidden = hidden.detach().requires_grad_()
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
