@@ -1,15 +1,26 @@
-"""The backbone x method test matrix as data: one row per backbone, one per method (peft's test style).
+"""The backbone x method test matrix as data, peft's ``TEST_CASES`` style: every generic check runs over every cell.
 
-A new backbone family joins every generic check in tests/test_backbones.py by adding a row here.
+Rows are backbones (:data:`CASES`, one per model family and head layout). Columns are methods, read from the
+registry *at call time* (:func:`method_cases`): every recipe in ``vpt_peft.recipes.RECIPES`` at tiny sizes, plus
+the :data:`VARIANTS` the checks need. A method that registers itself therefore joins every check with no test
+edit, and a backbone family joins by adding a row here. Recipes whose base model is a dual encoder (DPT) run on
+the dual-encoder rows (a ``CLIPModel``), the vision-classifier recipes on every row.
+
+The checks live in tests/test_backbones.py (forward contract, references, prompt paths),
+tests/test_backbones_training.py (gradients, checkpointing, compile, bf16) and tests/test_backbones_adapters.py
+(state dict, copies, adapter management).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Optional
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Optional
 
+import pytest
 import torch
+from peft import PeftConfig, get_peft_model
 from transformers import (
     BeitConfig,
     BeitForImageClassification,
@@ -35,54 +46,14 @@ from transformers import (
     ViTModel,
 )
 
-from vpt_peft import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
+from vpt_peft.recipes import RECIPES, Recipe
 
+from .clip_helpers import CLASSES, shared_tokenizer, tiny_clip
 from .helpers import NO_DROPOUT
 from .helpers import SIZES as TINY
+from .reference import CLIP_LAYOUT, DINO_LAYOUT, SIGLIP_LAYOUT, VIT_LAYOUT, Layout
 
 LABELS = 3
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a ViT-like block computes, for the independent reference forward (attribute paths)."""
-
-    norm1: str
-    attention: str
-    out_proj: str
-    norm2: str
-    activation: Callable[[torch.Tensor], torch.Tensor]
-    scale1: Optional[str] = None
-    scale2: Optional[str] = None
-    pre_norm: Optional[str] = None  # applied to the embeddings before the first block (CLIP)
-    final_norm: Optional[str] = None  # applied to every token after the last block
-
-
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1 + torch.erf(x / 2**0.5))
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
-
-
-def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
-VIT_LAYOUT = Layout("layernorm_before", "attention", "o_proj", "layernorm_after", _gelu, final_norm="layernorm")
-DINO_LAYOUT = Layout(
-    "norm1",
-    "attention",
-    "o_proj",
-    "norm2",
-    _gelu,
-    "layer_scale1.lambda1",
-    "layer_scale2.lambda1",
-    final_norm="layernorm",
-)
-CLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", _quick_gelu, pre_norm="pre_layrnorm")
-SIGLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", _gelu_tanh, final_norm="post_layernorm")
 
 
 @dataclass(frozen=True)
@@ -94,6 +65,8 @@ class BackboneCase:
     layout: Optional[Layout] = None  # None: no hand-written reference (relative biases, windows)
     in_sequence: bool = True  # the in-sequence prompt path exists
     classifier: bool = True
+    dual_encoder: bool = False  # a CLIP-like model with a text tower: dual-encoder recipes run here
+    text_inputs: Optional[Callable[[], dict]] = None  # what the model's own forward needs besides pixels
 
 
 def _randomize_relative_bias(model: torch.nn.Module) -> torch.nn.Module:
@@ -123,6 +96,13 @@ def _swin() -> torch.nn.Module:
         attention_probs_dropout_prob=0.0,
     )
     return SwinForImageClassification(config)
+
+
+def _clip_text() -> dict:
+    """The class prompts a plain CLIPModel scores images against."""
+    tokenizer = shared_tokenizer()
+    prompts = [f"a photo of a {name.replace('_', ' ')}." for name in CLASSES]
+    return {"input_ids": tokenizer(prompts, padding=True, return_tensors="pt").input_ids}
 
 
 CASES = [
@@ -182,6 +162,16 @@ CASES = [
         classifier=False,
     ),
     BackboneCase(
+        "clip",
+        lambda: tiny_clip(shared_tokenizer(), vision=TINY),
+        "vision_model",
+        1,
+        CLIP_LAYOUT,
+        classifier=False,
+        dual_encoder=True,
+        text_inputs=_clip_text,
+    ),
+    BackboneCase(
         "siglip",
         lambda: SiglipForImageClassification(SiglipConfig(vision_config=SiglipVisionConfig(**TINY), num_labels=LABELS)),
         "vision_model",
@@ -196,23 +186,140 @@ CASES = [
     BackboneCase("swin", _swin, "swin", 0, in_sequence=False),
 ]
 
-METHODS = {
-    "vpt-shallow": lambda: VisualPromptConfig(num_prompts=3),
-    "vpt-deep": lambda: VisualPromptConfig(num_prompts=3, deep=True),
-    "vpt-deep-sequence": lambda: VisualPromptConfig(num_prompts=3, deep=True, prompt_path="sequence"),
-    "vfpt": lambda: FourierPromptConfig(num_prompts=4, deep=True),
-    "e2vpt": lambda: KVPromptConfig(num_prompts=3, num_kv_prompts=2),
-}
+# ------------------------------------------------------------------------------------------------ methods
+TINY_FIELDS = {"num_prompts": 3}
+"""Tiny sizes for every recipe's code-default preset (through the recipe's field aliases; fields a config lacks are
+left out, so a new method needs nothing here)."""
+
+VARIANTS = {"vpt-deep-sequence": ("vpt-deep", {"prompt_path": "sequence"})}
+"""Explicit extra columns: deep prompts kept in the sequence (deep methods take the key-value path by default)."""
+
+KNOWN_BASE_MODELS = ("image-classification", "dual-encoder")
 
 
+@dataclass(frozen=True)
+class MethodCase:
+    """A column of the matrix: a registered recipe at tiny sizes, with a variant's overrides."""
+
+    name: str
+    recipe: Recipe
+    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def dual_encoder(self) -> bool:
+        return self.recipe.base_model == "dual-encoder"
+
+    def fields(self, **extra: Any) -> dict[str, Any]:
+        """The config fields: the recipe's code defaults, tiny sizes, what the CLI gives a dual encoder, overrides."""
+        recipe = self.recipe
+        known = recipe.config_cls.__dataclass_fields__
+        sizes = {recipe.field_aliases.get(k, k): v for k, v in TINY_FIELDS.items()}
+        fields = {**recipe.presets(None).config, **{k: v for k, v in sizes.items() if k in known}}
+        if self.dual_encoder:  # the classes are text prompts (the CLI passes the dataset's labels the same way)
+            fields.update(class_names=list(CLASSES), tokenizer=shared_tokenizer())
+        return {**fields, **self.overrides, **extra}
+
+    def config(self, **extra: Any) -> PeftConfig:
+        """A fresh config (get_peft_model fills in fields, so a config is never shared between models)."""
+        return self.recipe.config_cls(**self.fields(**extra))
+
+
+def method_cases() -> list[MethodCase]:
+    """Every registered recipe, then the variants whose recipe is registered: read now, not at import."""
+    for recipe in RECIPES.values():
+        if recipe.base_model not in KNOWN_BASE_MODELS:
+            raise ValueError(
+                f"recipe {recipe.name!r} has base_model {recipe.base_model!r}: teach tests/backbone_cases.py which "
+                f"rows it runs on (known: {KNOWN_BASE_MODELS})."
+            )
+    methods = [MethodCase(name, recipe) for name, recipe in RECIPES.items()]
+    for name, (base, overrides) in VARIANTS.items():
+        if base in RECIPES:
+            methods.append(MethodCase(name, RECIPES[base], MappingProxyType(overrides)))
+    return methods
+
+
+def method_case(name: str) -> MethodCase:
+    return next(m for m in method_cases() if m.name == name)
+
+
+def supports(case: BackboneCase, method: MethodCase) -> bool:
+    """Dual-encoder recipes need a dual-encoder row; the in-sequence path needs a backbone that attends globally."""
+    if method.dual_encoder and not case.dual_encoder:
+        return False
+    return case.in_sequence or method.fields().get("prompt_path") != "sequence"
+
+
+def matrix(select: Callable[[BackboneCase, MethodCase], bool] = lambda case, method: True) -> list:
+    """The cells (``case, method`` pytest params) that ``select`` keeps, built from the registry now."""
+    return [
+        pytest.param(case, method, id=f"{case.name}-{method.name}")
+        for case in CASES
+        for method in method_cases()
+        if supports(case, method) and select(case, method)
+    ]
+
+
+def vision_methods(case: BackboneCase, method: MethodCase) -> bool:
+    """Cells whose output is the base model's own output, with prompts in the vision backbone."""
+    return not method.dual_encoder
+
+
+# ------------------------------------------------------------------------------------------------ running
 def build(case: BackboneCase, seed: int = 0) -> torch.nn.Module:
     """The case's model, seeded, frozen and in eval mode (so the base reference uses frozen-weight kernels)."""
     torch.manual_seed(seed)
     return case.build().eval().requires_grad_(False)
 
 
-def method_supported(case: BackboneCase, method: str) -> bool:
-    return case.in_sequence or method != "vpt-deep-sequence"
+def adapted(case: BackboneCase, method: MethodCase, **overrides: Any) -> torch.nn.Module:
+    """``build(case)`` with the method's adapter, in eval mode; the same call gives the same prompts and heads."""
+    return get_peft_model(build(case), method.config(**overrides)).eval()
+
+
+def inputs(case: BackboneCase, method: Optional[MethodCase], pixels: torch.Tensor) -> dict:
+    """The forward's keyword arguments: a dual-encoder method classifies pixels alone against its class prompts;
+    everything else (and the base model, ``method=None``) calls the model as its own forward expects."""
+    kwargs = {"pixel_values": pixels}
+    if case.text_inputs is not None and (method is None or not method.dual_encoder):
+        kwargs.update(case.text_inputs())
+    return kwargs
+
+
+def tensors(output: Any) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
+
+
+def run(model: torch.nn.Module, kwargs: dict) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return tensors(model(**kwargs))
+
+
+def main_output(output: Any) -> torch.Tensor:
+    """The first floating tensor a forward returns (logits, or the last hidden state of a bare backbone)."""
+    return next(v for v in tensors(output).values() if v.is_floating_point())
+
+
+def assert_same(got: dict, want: dict) -> None:
+    """Bit-identical outputs: only for two runs of the same ops on the same shapes."""
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """Prompts (and every tensor of a sidecar) or a per-adapter head copy."""
+    return "prompt_adapter" in name or "modules_to_save" in name
+
+
+def perturb(model: torch.nn.Module, seed: int = 1) -> None:
+    """Move every trainable tensor (prompts, gates, heads) off its init, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+                parameter.add_(0.3 * noise.to(parameter.dtype))
 
 
 def backbone_of(model: torch.nn.Module, case: BackboneCase) -> torch.nn.Module:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
+from pathlib import Path
+from typing import Optional
 
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -35,7 +39,15 @@ def tiny_tokenizer(folder) -> CLIPTokenizer:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 
-def tiny_clip(tokenizer, attn="sdpa", seed=0, layers=3) -> CLIPModel:
+@functools.cache
+def shared_tokenizer() -> CLIPTokenizer:
+    """One tiny tokenizer for the session (the test matrix's dual-encoder rows); its files are read at construction."""
+    with tempfile.TemporaryDirectory() as folder:
+        return tiny_tokenizer(Path(folder))
+
+
+def tiny_clip(tokenizer, attn="sdpa", seed=0, layers=3, vision: Optional[dict] = None) -> CLIPModel:
+    """A tiny CLIPModel; ``vision`` overrides the vision tower's config (the matrix uses the other cases' sizes)."""
     torch.manual_seed(seed)
     ids = dict(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id
@@ -50,14 +62,17 @@ def tiny_clip(tokenizer, attn="sdpa", seed=0, layers=3) -> CLIPModel:
             max_position_embeddings=32,
             **ids,
         ),
-        vision_config=dict(
-            hidden_size=24,
-            intermediate_size=32,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=8,
-        ),
+        vision_config={
+            **dict(
+                hidden_size=24,
+                intermediate_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=8,
+            ),
+            **(vision or {}),
+        },
         projection_dim=12,
     )
     model = CLIPModel(config)

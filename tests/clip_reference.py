@@ -1,7 +1,8 @@
 """An independent DPT forward for the tiny CLIP, written from the weights in float64 (no HF layer calls).
 
 Follows the reference implementation's layout, not the library's: prompts are appended *after* the
-patches and stripped after each block; CAVPT is written out as single-head cross-attention.
+patches and stripped after each block; CAVPT is written out as single-head cross-attention. The blocks of both
+towers are tests/reference.py's (one reference per family).
 """
 
 from __future__ import annotations
@@ -10,34 +11,11 @@ import math
 
 import torch
 
-from .reference import _lin, _ln
+from .reference import CLIP_LAYOUT, block, layer_norm, linear
 
 
 def _w(t):
     return t.detach().double()
-
-
-def _quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-def _attention(attn, h, heads, extra=None, causal=False):
-    B, S, d = h.shape
-    hd = d // heads
-    split = lambda t: t.view(B, -1, heads, hd).transpose(1, 2)
-    q, k, v = split(_lin(h, attn.q_proj)), split(_lin(h, attn.k_proj)), split(_lin(h, attn.v_proj))
-    if extra is not None:
-        k = torch.cat([k, split(_lin(extra, attn.k_proj))], dim=2)
-        v = torch.cat([v, split(_lin(extra, attn.v_proj))], dim=2)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
-    if causal:
-        scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
-    return _lin((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, d), attn.out_proj)
-
-
-def _block(layer, x, heads, causal=False):
-    x = x + _attention(layer.self_attn, _ln(x, layer.layer_norm1), heads, causal=causal)
-    return x + _lin(_quick_gelu(_lin(_ln(x, layer.layer_norm2), layer.mlp.fc1)), layer.mlp.fc2)
 
 
 def text_features(clip, ids, ctx=None):
@@ -49,19 +27,19 @@ def text_features(clip, ids, ctx=None):
         x = torch.cat([x[:, :1], ctx, x[:, 1 + ctx.shape[1] :]], dim=1)
     x = x + _w(tm.embeddings.position_embedding.weight)[: ids.shape[1]]
     for layer in tm.encoder.layers:
-        x = _block(layer, x, clip.config.text_config.num_attention_heads, causal=True)
-    x = _ln(x, tm.final_layer_norm)
+        x = block(layer, x, CLIP_LAYOUT, causal=True)
+    x = layer_norm(x, tm.final_layer_norm)
     eos = (ids == clip.config.text_config.eos_token_id).int().argmax(-1)
-    return _lin(x[torch.arange(ids.shape[0]), eos], clip.text_projection)
+    return linear(x[torch.arange(ids.shape[0]), eos], clip.text_projection)
 
 
 def cavpt(gen, tokens, queries):
     """(prompts (B, K, d), aux (B, K, C)) of the written-out CAVPT generator."""
-    q0 = _lin(queries, gen.meta_net)
+    q0 = linear(queries, gen.meta_net)
     kv = torch.cat([tokens, _w(gen.extra_kv).expand(tokens.shape[0], -1, -1)], dim=1)
-    a = (_lin(q0, gen.w_q) @ _lin(kv, gen.w_k).transpose(1, 2) / math.sqrt(gen.w_q.out_features)).softmax(-1)
-    o = _lin(a @ kv, gen.w_o)
-    return _ln(o + q0, gen.norm_out), _lin(_ln(o, gen.norm_aux), gen.classifier)
+    a = (linear(q0, gen.w_q) @ linear(kv, gen.w_k).transpose(1, 2) / math.sqrt(gen.w_q.out_features)).softmax(-1)
+    o = linear(a @ kv, gen.w_o)
+    return layer_norm(o + q0, gen.norm_out), linear(layer_norm(o, gen.norm_aux), gen.classifier)
 
 
 def image_features(clip, pixels, prompts=None, generators=None, queries=None):
@@ -71,7 +49,7 @@ def image_features(clip, pixels, prompts=None, generators=None, queries=None):
     conv = emb.patch_embedding
     x = torch.nn.functional.conv2d(pixels.double(), _w(conv.weight), stride=conv.stride).flatten(2).transpose(1, 2)
     x = torch.cat([_w(emb.class_embedding).expand(x.shape[0], 1, -1), x], dim=1) + _w(emb.position_embedding.weight)
-    x = _ln(x, vm.pre_layrnorm)
+    x = layer_norm(x, vm.pre_layrnorm)
     prompts, generators, aux = prompts or {}, generators or {}, []
     for i, layer in enumerate(vm.encoder.layers):
         extra = None
@@ -83,8 +61,8 @@ def image_features(clip, pixels, prompts=None, generators=None, queries=None):
         n = x.shape[1]
         if extra is not None:
             x = torch.cat([x, extra], dim=1)  # appended after the patches, as the reference
-        x = _block(layer, x, clip.config.vision_config.num_attention_heads)[:, :n]  # strip
-    return _lin(_ln(x[:, 0], vm.post_layernorm), clip.visual_projection), aux
+        x = block(layer, x, CLIP_LAYOUT)[:, :n]  # strip
+    return linear(layer_norm(x[:, 0], vm.post_layernorm), clip.visual_projection), aux
 
 
 def cosine_logits(clip, image, text):

@@ -1,100 +1,169 @@
-"""Independent reference forwards, written from the weights with plain tensor math (no HF layer calls).
+"""The one independent reference forward of the ViT-like families, written from the weights with plain tensor math.
 
-Computed in float64 so that comparisons at 1e-5 measure the library, not rounding.
+No HF layer is called after the embeddings: every block is re-computed from its parameters in float64, so a
+comparison at 1e-5 measures the library, not rounding. A :class:`Layout` says where a family keeps its norms,
+attention, layer scales and which activation its MLP uses; tests/backbone_cases.py gives each backbone row its
+layout, and tests/clip_reference.py (DPT's reference) builds on :func:`block` for both CLIP towers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 
-def _lin(x, module):
+def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     w = module.weight.detach().double()
-    b = None if module.bias is None else module.bias.detach().double()
-    return x @ w.T + (0 if b is None else b)
+    return x @ w.T + (0 if module.bias is None else module.bias.detach().double())
 
 
-def _ln(x, module):
+def layer_norm(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     mu = x.mean(-1, keepdim=True)
     var = ((x - mu) ** 2).mean(-1, keepdim=True)
     return (x - mu) / torch.sqrt(var + module.eps) * module.weight.detach().double() + module.bias.detach().double()
 
 
-def _gelu(x):
+def gelu(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
-def vit_embed(backbone, pixel_values, num_special):
-    emb = backbone.embeddings
-    conv = emb.patch_embeddings.projection
-    x = F.conv2d(pixel_values.double(), conv.weight.detach().double(), conv.bias.detach().double(), stride=conv.stride)
-    x = x.flatten(2).transpose(1, 2)
-    specials = [emb.cls_token]
-    if num_special == 2:
-        specials.append(emb.distillation_token)
-    specials = [t.detach().double().expand(x.shape[0], -1, -1) for t in specials]
-    x = torch.cat([*specials, x], dim=1)
-    return x + emb.position_embeddings.detach().double()
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def attention(layer_attn, h, num_heads, extra_kv=None, out_proj="o_proj"):
-    """Multi-head attention; ``extra_kv`` = (k, v) of shape (B, T, d) appended to the keys/values."""
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a ViT-like block computes (attribute paths inside a block / the backbone)."""
+
+    norm1: str
+    attention: str
+    out_proj: str
+    norm2: str
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    scale1: Optional[str] = None
+    scale2: Optional[str] = None
+    pre_norm: Optional[str] = None  # applied to the embeddings before the first block (CLIP)
+    final_norm: Optional[str] = None  # applied to every token after the last block
+
+
+VIT_LAYOUT = Layout("layernorm_before", "attention", "o_proj", "layernorm_after", gelu, final_norm="layernorm")
+DINO_LAYOUT = Layout(
+    "norm1",
+    "attention",
+    "o_proj",
+    "norm2",
+    gelu,
+    "layer_scale1.lambda1",
+    "layer_scale2.lambda1",
+    final_norm="layernorm",
+)
+CLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", quick_gelu, pre_norm="pre_layrnorm")
+SIGLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", gelu_tanh, final_norm="post_layernorm")
+
+
+def attention(
+    attn: nn.Module,
+    h: torch.Tensor,
+    out_proj: str,
+    extra_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Multi-head attention over ``h`` (B, S, d); ``extra_kv`` = unprojected (k, v) of shape (1 or B, T, d) appended
+    to the keys/values (E2VPT); ``causal`` masks future positions (CLIP's text tower)."""
     B, S, d = h.shape
-    hd = d // num_heads
+    hd = attn.head_dim
 
-    def heads(t):
-        return t.view(B, -1, num_heads, hd).transpose(1, 2)
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], -1, d // hd, hd).transpose(1, 2).expand(B, -1, -1, -1)
 
-    q, k, v = heads(_lin(h, layer_attn.q_proj)), heads(_lin(h, layer_attn.k_proj)), heads(_lin(h, layer_attn.v_proj))
+    q, k, v = heads(linear(h, attn.q_proj)), heads(linear(h, attn.k_proj)), heads(linear(h, attn.v_proj))
     if extra_kv is not None:
-        k = torch.cat([k, heads(extra_kv[0].double().expand(B, -1, -1))], dim=2)
-        v = torch.cat([v, heads(extra_kv[1].double().expand(B, -1, -1))], dim=2)
+        k = torch.cat([k, heads(extra_kv[0].double())], dim=2)
+        v = torch.cat([v, heads(extra_kv[1].double())], dim=2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    if causal:
+        scores = scores.masked_fill(torch.ones(S, k.shape[2], dtype=torch.bool).triu(1), float("-inf"))
     out = scores.softmax(-1) @ v
-    return _lin(out.transpose(1, 2).reshape(B, S, d), getattr(layer_attn, out_proj))
+    return linear(out.transpose(1, 2).reshape(B, S, d), getattr(attn, out_proj))
 
 
-def vit_reference(model, pixel_values, prompts=None, num_special=1, kv_prompts=None, visual_as_kv=False):
-    """Logits-ready final sequence of a ViT/DeiT backbone with VPT prompts.
+def block(
+    layer: nn.Module,
+    x: torch.Tensor,
+    layout: Layout,
+    extra_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """One pre-norm transformer block: x + [scale1] attn(norm1 x), then + [scale2] mlp(norm2 x)."""
+    a = attention(
+        layer.get_submodule(layout.attention),
+        layer_norm(x, layer.get_submodule(layout.norm1)),
+        layout.out_proj,
+        extra_kv,
+        causal,
+    )
+    x = x + (a * layer.get_parameter(layout.scale1).double() if layout.scale1 else a)
+    m = linear(
+        layout.activation(linear(layer_norm(x, layer.get_submodule(layout.norm2)), layer.mlp.fc1)), layer.mlp.fc2
+    )
+    return x + (m * layer.get_parameter(layout.scale2).double() if layout.scale2 else m)
 
-    prompts: {layer_index: (p, d) tensor}; the first entry inserts, later ones replace; prompt positions
-    are removed after the final norm. kv_prompts: {layer_index: ((T, d) key, (T, d) value)} extra keys
-    and values given to that layer's attention without projection (E2VPT). visual_as_kv: feed the
-    visual prompts as projected extra keys/values instead of sequence tokens (must give the same result).
+
+def reference_sequence(
+    backbone: nn.Module,
+    layout: Layout,
+    pixels: torch.Tensor,
+    prompts: dict[int, torch.Tensor],
+    num_special: int,
+    kv: Optional[dict[int, tuple[torch.Tensor, torch.Tensor]]] = None,
+) -> torch.Tensor:
+    """The backbone's final token sequence with prompts in the sequence, written out block by block.
+
+    Prompting starts after the HF embeddings (prompts never get position embeddings). ``prompts``:
+    ``{layer: (p, d)}``, the first listed layer inserts its prompts after the ``num_special`` tokens, later ones
+    replace them; ``kv``: ``{layer: ((T, d) key, (T, d) value)}`` unprojected extra keys/values for that layer's
+    attention (E2VPT). Prompt positions are dropped at the end. The layers are the backbone's blocks in order.
     """
-    backbone = getattr(model, "vit", None) or getattr(model, "deit", None) or model
-    num_heads = backbone.config.num_attention_heads
-    x = vit_embed(backbone, pixel_values, num_special)
-    prompts = prompts or {}
-    kv_prompts = kv_prompts or {}
-    n, inserted = num_special, 0
-    for i, layer in enumerate(backbone.layers):
-        extra = None
-        if i in prompts and not visual_as_kv:
+    from vpt_peft import find_backbone
+
+    n, kv = num_special, kv or {}
+    x = backbone.embeddings(pixels).double()
+    if layout.pre_norm:
+        x = layer_norm(x, backbone.get_submodule(layout.pre_norm))
+    inserted = 0
+    for i, layer in enumerate(find_backbone(backbone).layers):
+        if i in prompts:
             P = prompts[i].double().unsqueeze(0).expand(x.shape[0], -1, -1)
-            if inserted == 0:
-                x = torch.cat([x[:, :n], P, x[:, n:]], dim=1)
-                inserted = P.shape[1]
-            else:
-                x = torch.cat([x[:, :n], P, x[:, n + inserted :]], dim=1)
-        h = _ln(x, layer.layernorm_before)
-        if i in prompts and visual_as_kv:
-            hp = _ln(prompts[i].double().unsqueeze(0), layer.layernorm_before)
-            extra = (_lin(hp, layer.attention.k_proj), _lin(hp, layer.attention.v_proj))
-        if i in kv_prompts:
-            kk, vv = (t.double().unsqueeze(0) for t in kv_prompts[i])
-            extra = (kk, vv) if extra is None else (torch.cat([kk, extra[0]], 1), torch.cat([vv, extra[1]], 1))
-        x = x + attention(layer.attention, h, num_heads, extra)
-        h = _ln(x, layer.layernorm_after)
-        x = x + _lin(_gelu(_lin(h, layer.mlp.fc1)), layer.mlp.fc2)
-    x = _ln(x, backbone.layernorm)
-    if inserted:
-        x = torch.cat([x[:, :n], x[:, n + inserted :]], dim=1)
-    return x
+            x = torch.cat([x[:, :n], P, x[:, n + inserted :]], dim=1)
+            inserted = P.shape[1]
+        extra = tuple(t.double().unsqueeze(0) for t in kv[i]) if i in kv else None
+        x = block(layer, x, layout, extra)
+    if layout.final_norm:
+        x = layer_norm(x, backbone.get_submodule(layout.final_norm))
+    return torch.cat([x[:, :n], x[:, n + inserted :]], dim=1)
 
 
-def classifier_logits(model, sequence):
-    return _lin(sequence[:, 0], model.classifier)
+def classifier_logits(model: nn.Module, sequence: torch.Tensor) -> torch.Tensor:
+    """A ViT classifier's logits from a reference sequence: its head on the CLS token, in float64."""
+    return linear(sequence[:, 0], model.classifier)
+
+
+def vit_sequence(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    prompts: dict[int, torch.Tensor],
+    kv: Optional[dict[int, tuple[torch.Tensor, torch.Tensor]]] = None,
+) -> torch.Tensor:
+    """:func:`reference_sequence` of a tiny ViT/DeiT model (a classifier or the bare backbone)."""
+    backbone = getattr(model, "vit", None) or getattr(model, "deit", None) or model
+    num_special = 2 if backbone.config.model_type == "deit" else 1
+    return reference_sequence(backbone, VIT_LAYOUT, pixels, prompts, num_special, kv)

@@ -1,4 +1,8 @@
-"""Every method on every backbone family: one matrix of cases (tests/backbone_cases.py), one set of checks."""
+"""Every method on every backbone family: the forward's contract, the reference forward, the two prompt paths.
+
+The cells come from tests/backbone_cases.py (backbone rows x registered methods); checks that only make sense for
+one backbone (Swin's windows, BEiT's biases, CLIP's text tower) follow the matrix.
+"""
 
 from __future__ import annotations
 
@@ -6,113 +10,110 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetForImageClassification, Trainer, TrainingArguments
 
 import vpt_peft
 from vpt_peft import UnsupportedModelError, VisualPromptConfig
 
-from .backbone_cases import CASES, METHODS, BackboneCase, backbone_of, build, method_supported
+from .backbone_cases import (
+    CASES,
+    BackboneCase,
+    MethodCase,
+    adapted,
+    assert_same,
+    backbone_of,
+    build,
+    inputs,
+    main_output,
+    matrix,
+    perturb,
+    run,
+    tensors,
+    vision_methods,
+)
 from .helpers import sidecar
-from .reference import _lin, _ln, attention
-
-MATRIX = [
-    pytest.param(case, method, id=f"{case.name}-{method}")
-    for case in CASES
-    for method in METHODS
-    if method_supported(case, method)
-]
-REFERENCE_MATRIX = [p for p in MATRIX if p.values[0].layout is not None and p.values[1] != "vpt-deep-sequence"]
+from .reference import reference_sequence
 
 
-def _tensors(output) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
+def _shapes(output) -> dict:
+    """Every tensor a forward returns, with the hidden states of each layer (nested outputs of a dual encoder too)."""
+    shapes = {}
+    for key, value in output.items():
+        if isinstance(value, torch.Tensor):
+            shapes[key] = value.shape
+        elif isinstance(value, tuple) and all(isinstance(v, torch.Tensor) for v in value):
+            shapes[key] = [v.shape for v in value]
+        elif hasattr(value, "items"):
+            shapes.update({f"{key}.{k}": v for k, v in _shapes(value).items()})
+    return shapes
 
 
-def _run(model, pixels) -> dict[str, torch.Tensor]:
+@pytest.mark.parametrize("case, method", matrix(vision_methods))
+def test_outputs_keep_the_base_shapes_and_the_prompts_matter(case: BackboneCase, method: MethodCase, pixels):
+    """Prompt positions never leak into what the model returns (hidden states of every layer included), and the
+    prompts do change it."""
     with torch.no_grad():
-        return _tensors(model(pixel_values=pixels))
+        base_out = build(case)(**inputs(case, None, pixels), output_hidden_states=True)
+        out = adapted(case, method)(**inputs(case, method, pixels), output_hidden_states=True)
+    assert _shapes(out) == _shapes(base_out)
+    assert any("hidden_states" in key for key in _shapes(out))
+    want = tensors(base_out)
+    assert any(not torch.allclose(v, want[k]) for k, v in tensors(out).items()), "the prompts changed nothing"
 
 
-def _assert_same(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key in want:
-        assert torch.equal(got[key], want[key]), key
-
-
-@pytest.mark.parametrize("case, method", MATRIX)
-def test_method_on_backbone_keeps_the_contract(case: BackboneCase, method: str, pixels, tmp_path):
-    """Base shapes, prompts matter, disable/unload give the base back, save/load round-trips, grads stay local."""
-    base_out = _run(build(case), pixels)
-    model = get_peft_model(build(case), METHODS[method]()).eval()
-    out = _run(model, pixels)
-    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in base_out.items()}
-    assert any(not torch.allclose(out[k], base_out[k]) for k in out), "the prompts changed nothing"
-
+@pytest.mark.parametrize("case, method", matrix())
+def test_disable_adapter_and_unload_give_the_base_back(case: BackboneCase, method: MethodCase, pixels):
+    """Disabled: the base bit for bit (same ops, same shapes). Unloaded: the base with every hook gone, its own
+    tensors, and (peft's rule for ``modules_to_save``) the adapter's trained heads in place of the old ones."""
+    base_kwargs = inputs(case, None, pixels)
+    want = run(build(case), base_kwargs)
+    model = adapted(case, method)
+    perturb(model)
     with model.disable_adapter():
-        _assert_same(_run(model, pixels), base_out)
-
-    model.save_pretrained(tmp_path)
-    reloaded = PeftModel.from_pretrained(build(case), tmp_path).eval()
-    _assert_same(_run(reloaded, pixels), out)
-
-    model.train()
-    main = next(iter(model(pixel_values=pixels).values()))
-    main.float().pow(2).mean().backward()
-    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert grads and all("prompt_adapter" in n or "modules_to_save" in n for n in grads), grads
-    assert any("prompt_adapter" in n for n in grads)
-
-    _assert_same(_run(model.unload().eval(), pixels), base_out)
+        assert_same(run(model, base_kwargs), want)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        model.merge_and_unload()
+    expected = build(case)
+    for name, module in model.base_model.model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            expected.get_submodule(name).load_state_dict(module.modules_to_save["default"].state_dict())
+    unloaded = model.unload().eval()
+    assert_same(run(unloaded, base_kwargs), run(expected, base_kwargs))
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in unloaded.modules())
+    assert unloaded.config._attn_implementation == expected.config._attn_implementation
+    state = unloaded.state_dict()
+    assert state.keys() == expected.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in expected.state_dict().items())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_zero_prompts_are_bit_identical_to_the_base(case: BackboneCase, pixels):
-    base_out = _run(build(case), pixels)
+    kwargs = inputs(case, None, pixels)
+    base_out = run(build(case), kwargs)
     for config in (
+        VisualPromptConfig(num_prompts=0),
         VisualPromptConfig(num_prompts=0, deep=True),
         vpt_peft.KVPromptConfig(num_prompts=0, num_kv_prompts=0),
     ):
-        _assert_same(_run(get_peft_model(build(case), config).eval(), pixels), base_out)
+        assert_same(run(get_peft_model(build(case), config).eval(), kwargs), base_out)
 
 
-def _reference_sequence(case: BackboneCase, backbone, pixels, prompts: dict, kv: dict) -> torch.Tensor:
-    """The backbone's final token sequence with prompts in the sequence, written out block by block.
-
-    Prompting starts after the HF embeddings (prompts never get position embeddings); each listed layer
-    inserts (first) or replaces (later) its prompts after the special tokens; ``kv`` adds unprojected keys
-    and values to a layer's attention (E2VPT); prompt positions are dropped at the end.
-    """
-    layout, n = case.layout, case.num_special
-    x = backbone.embeddings(pixels).double()
-    if layout.pre_norm:
-        x = _ln(x, backbone.get_submodule(layout.pre_norm))
-    inserted = 0
-    for i, layer in enumerate(vpt_peft.find_backbone(backbone).layers):
-        if i in prompts:
-            P = prompts[i].double().unsqueeze(0).expand(x.shape[0], -1, -1)
-            x = torch.cat([x[:, :n], P, x[:, n + inserted :]], dim=1)
-            inserted = P.shape[1]
-        attn = layer.get_submodule(layout.attention)
-        extra = tuple(t.double().unsqueeze(0) for t in kv[i]) if i in kv else None
-        a = attention(
-            attn, _ln(x, layer.get_submodule(layout.norm1)), x.shape[-1] // attn.head_dim, extra, layout.out_proj
-        )
-        x = x + (a * layer.get_parameter(layout.scale1).double() if layout.scale1 else a)
-        mlp = layer.mlp
-        m = _lin(layout.activation(_lin(_ln(x, layer.get_submodule(layout.norm2)), mlp.fc1)), mlp.fc2)
-        x = x + (m * layer.get_parameter(layout.scale2).double() if layout.scale2 else m)
-    if layout.final_norm:
-        x = _ln(x, backbone.get_submodule(layout.final_norm))
-    return torch.cat([x[:, :n], x[:, n + inserted :]], dim=1)
+def _references(case: BackboneCase, method: MethodCase) -> bool:
+    """Vision prompts on a backbone with a hand-written layout (the sequence variant is the kv check's business)."""
+    return case.layout is not None and not method.dual_encoder and not method.overrides
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("case, method", REFERENCE_MATRIX)
-def test_vit_like_backbones_match_an_independent_reference(case: BackboneCase, method: str, attn: str, pixels):
+@pytest.mark.parametrize("case, method", matrix(_references))
+def test_vision_prompts_match_the_independent_reference(case: BackboneCase, method: MethodCase, attn: str, pixels):
+    """The backbone's last hidden state equals tests/reference.py's with the bank's prompts (after the method's own
+    transform: VFPT's Fourier mix, E2VPT's gates) and key-value prompts."""
     base = build(case)
     base.set_attn_implementation(attn)
-    model = get_peft_model(base, METHODS[method]()).eval()
+    model = get_peft_model(base, method.config()).eval()
+    perturb(model)
     bank = sidecar(model).banks["default"]
     with torch.no_grad():
         prompts = {layer: bank.prompts(slot, 1, torch.float32)[0] for layer, slot in bank.layer_rows.items()}
@@ -121,29 +122,45 @@ def test_vit_like_backbones_match_an_independent_reference(case: BackboneCase, m
             kv[layer] = (getattr(bank, key[0])[key[1]], getattr(bank, value[0])[value[1]])
         backbone = backbone_of(model.base_model.model, case)
         got = backbone(pixel_values=pixels).last_hidden_state
-        want = _reference_sequence(case, backbone, pixels, prompts, kv)
+        want = reference_sequence(backbone, case.layout, pixels, prompts, case.num_special, kv)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["vpt-deep", "vfpt", "e2vpt"])
-@pytest.mark.parametrize("case", [c for c in CASES if c.in_sequence], ids=lambda c: c.name)
-def test_key_value_path_equals_the_sequence_path(case: BackboneCase, method: str, pixels):
-    """Same outputs and same prompt gradients: the fast path is exact, not an approximation."""
+def _has_both_paths(case: BackboneCase, method: MethodCase) -> bool:
+    """A registered method whose adapter can take either prompt path on this backbone."""
+    if not case.in_sequence or method.overrides or "prompt_path" not in method.recipe.config_cls.__dataclass_fields__:
+        return False
+    try:
+        method.config(prompt_path="kv")
+    except ValueError:  # shallow prompts have no key-value path
+        return False
+    return True
+
+
+@pytest.mark.parametrize("case, method", matrix(_has_both_paths))
+def test_key_value_path_equals_the_sequence_path(case: BackboneCase, method: MethodCase, pixels):
+    """Same outputs and gradients in training mode (both paths draw each layer's prompt dropout mask in the same
+    order): the key-value path is exact, not an approximation."""
+    kwargs = inputs(case, method, pixels)
+    models = [adapted(case, method, prompt_path=path) for path in ("kv", "sequence")]
+    perturb(models[0])
+    models[1].load_state_dict(models[0].state_dict())
     outputs, grads = [], []
-    for path in ("kv", "sequence"):
-        config = METHODS[method]()
-        config.prompt_path = path
+    for model in models:
+        model.train()
         torch.manual_seed(1)
-        model = get_peft_model(build(case), config).eval()
-        out = _tensors(model(pixel_values=pixels))
-        next(iter(out.values())).pow(2).sum().backward()
-        outputs.append({k: v.detach() for k, v in out.items()})
-        grads.append({n: p.grad for n, p in model.named_parameters() if "prompt_adapter" in n and p.grad is not None})
+        out = model(**kwargs)
+        main_output(out).pow(2).mean().backward()
+        outputs.append({k: v.detach() for k, v in tensors(out).items()})
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    if method.fields().get("prompt_dropout", 0) > 0:  # the masks were drawn, so "same masks" means something
+        assert not torch.equal(main_output(outputs[0]), main_output(run(models[0].eval(), kwargs)))
+    assert outputs[0].keys() == outputs[1].keys()
     for key in outputs[0]:
-        torch.testing.assert_close(outputs[0][key], outputs[1][key], atol=1e-5, rtol=0)
-    assert grads[0].keys() == grads[1].keys() and grads[0]
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], atol=1e-5, rtol=0, msg=key)
+    assert grads[0].keys() == grads[1].keys() and any("prompt_adapter" in n for n in grads[0])
     for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("beit", "swin")], ids=lambda c: c.name)
@@ -214,10 +231,11 @@ def test_trainer_trains_prompts_and_head_only(case: BackboneCase, tmp_path):
     ids=["resnet", "bert"],
 )
 def test_unsupported_models_name_the_supported_families(model):
-    with pytest.raises(UnsupportedModelError, match="swin") as error:
+    with pytest.raises(UnsupportedModelError, match="Supported families.*swin.*vit") as error:
         get_peft_model(model, VisualPromptConfig(num_prompts=2))
     assert "register_backbone" in str(error.value)
     assert not any("prompt_adapter" in name for name, _ in model.named_modules())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
 
 
 def test_docs_support_matrix_is_generated_from_the_table():
@@ -230,24 +248,90 @@ def test_docs_support_matrix_is_generated_from_the_table():
     assert result.returncode == 0, result.stderr
 
 
-def test_clip_model_prompts_its_vision_tower_only(pixels):
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-
-    from .backbone_cases import TINY
-
-    def clip():
-        torch.manual_seed(0)
-        text = CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
-        return CLIPModel(
-            CLIPConfig(vision_config=CLIPVisionConfig(**TINY).to_dict(), text_config=text.to_dict())
-        ).eval()
-
-    ids = torch.tensor([[49406, 5, 6, 49407]])
+@pytest.mark.parametrize("case, method", matrix(lambda case, method: case.dual_encoder and not method.dual_encoder))
+def test_vision_prompts_on_a_dual_encoder_leave_its_text_tower_alone(case: BackboneCase, method: MethodCase, pixels):
+    model = adapted(case, method)
+    perturb(model)
+    ids = case.text_inputs()["input_ids"]
     with torch.no_grad():
-        base = clip()
+        base = build(case)
         want_image, want_text = base.get_image_features(pixel_values=pixels), base.get_text_features(input_ids=ids)
-        model = get_peft_model(clip(), VisualPromptConfig(num_prompts=3, deep=True)).eval()
         image, text = model.get_image_features(pixel_values=pixels), model.get_text_features(input_ids=ids)
     assert all("vision_model" in n for n, _ in model.named_modules() if n.endswith("prompt_adapter"))
     assert not torch.allclose(image.pooler_output, want_image.pooler_output)
     assert torch.equal(text.pooler_output, want_text.pooler_output)
+
+
+def test_a_registered_method_joins_the_matrix(request, pixels):
+    """A method is one registration away from every check: registered here from inside the test (a VPT subclass
+    with its own peft type and prefix), it is a --method choice of the CLI and a column of the matrix, with no
+    test edit; the registries and peft's tables are restored afterwards so no other test sees it."""
+    from dataclasses import dataclass
+
+    from peft import mapping
+    from peft.utils.peft_types import PeftType
+
+    from vpt_peft.cli import build_parser
+    from vpt_peft.engine.registration import METHODS, register_method
+    from vpt_peft.recipes import RECIPES, Preset, Recipe, register_recipe
+    from vpt_peft.tuners.vpt import VisualPromptLayer, VisualPromptModel
+
+    from .test_backbones_adapters import test_adapter_state_dict_holds_prompts_and_heads_only
+
+    tables = [
+        RECIPES,
+        METHODS,
+        mapping.PEFT_TYPE_TO_CONFIG_MAPPING,
+        mapping.PEFT_TYPE_TO_TUNER_MAPPING,
+        mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
+        mapping.PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
+    ]
+    snapshots = [dict(table) for table in tables]
+
+    def unregister() -> None:
+        for table, snapshot in zip(tables, snapshots):
+            table.clear()
+            table.update(snapshot)
+        member = PeftType.__members__.get("THROWAWAY")
+        if member is not None:
+            del PeftType._member_map_["THROWAWAY"]
+            PeftType._value2member_map_.pop(member.value, None)
+            PeftType._member_names_.remove("THROWAWAY")
+            type.__delattr__(PeftType, "THROWAWAY")
+
+    request.addfinalizer(unregister)
+
+    @dataclass
+    class ThrowawayConfig(VisualPromptConfig):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.peft_type = PeftType.THROWAWAY
+
+    class ThrowawayLayer(VisualPromptLayer):
+        adapter_layer_names = ("throwaway_prompts",)
+
+    class ThrowawayModel(VisualPromptModel):
+        prefix = "throwaway_"
+        tuner_layer_cls = ThrowawayLayer
+
+    register_method("throwaway", ThrowawayConfig, ThrowawayModel)
+    register_recipe(
+        Recipe("throwaway", ThrowawayConfig, lambda task: Preset("throwaway", task, {"deep": True}, 8, ThrowawayConfig))
+    )
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    method_flag = next(a for a in train._actions if "--method" in a.option_strings)
+    assert "throwaway" in method_flag.help
+    argv = ["--model", "m", "--dataset", "d", "--output", "o", "--method", "throwaway"]
+    assert train.parse_args(argv).method == "throwaway"
+
+    cells = {p.id: p.values for p in matrix()}
+    assert {f"{case.name}-throwaway" for case in CASES} <= cells.keys()  # a vision recipe: every backbone row
+    case, method = cells["vit-throwaway"]
+    test_disable_adapter_and_unload_give_the_base_back(case, method, pixels)
+    test_adapter_state_dict_holds_prompts_and_heads_only(case, method, pixels, request.getfixturevalue("tmp_path"))
+    assert any(".throwaway_prompts." in name for name, _ in adapted(case, method).named_parameters())
+
+    unregister()
+    assert "throwaway" not in RECIPES and not any(i.endswith("-throwaway") for i in (p.id for p in matrix()))
+    assert "THROWAWAY" not in PeftType.__members__

@@ -9,10 +9,10 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import ViTConfig, ViTForImageClassification
 
-from vpt_peft import KVPromptConfig, VisualPromptConfig, effective_prompt_parameters, prune_prompts
+from vpt_peft import KVPromptConfig, effective_prompt_parameters, prune_prompts
 
-from .helpers import prompt_param, sidecar, tiny_vit
-from .reference import classifier_logits, vit_reference
+from .helpers import sidecar, tiny_vit
+from .reference import classifier_logits, vit_sequence
 from .test_vpt_training import brightness_dataset
 
 
@@ -30,7 +30,7 @@ def reference_logits(base, model, pixels, shared=True):
     key = bank.kv_prompts if shared else bank.key_prompts
     value = bank.kv_prompts if shared else bank.value_prompts
     kv = {i: (key[i].detach(), value[i].detach()) for i in range(3)} if bank.num_kv_prompts else {}
-    return classifier_logits(base, vit_reference(base, pixels, prompts, kv_prompts=kv))
+    return classifier_logits(base, vit_sequence(base, pixels, prompts, kv))
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -46,18 +46,6 @@ def test_logits_match_reference_attention(attn, num_prompts, shared, path, pixel
             gate.uniform_(0.0, 1.5)
     want = reference_logits(base, model, pixels, shared)
     torch.testing.assert_close(model(pixels).logits.double(), want, atol=1e-5, rtol=0)
-
-
-def test_no_kv_prompts_is_deep_vpt(pixels):
-    base = tiny_vit()
-    vpt = get_peft_model(copy.deepcopy(base), VisualPromptConfig(num_prompts=4, deep=True)).eval()
-    e2 = get_peft_model(copy.deepcopy(base), KVPromptConfig(num_prompts=4, num_kv_prompts=0)).eval()
-    with torch.no_grad():
-        prompt_param(e2).copy_(prompt_param(vpt))
-        e2.base_model.model.classifier.modules_to_save["default"].load_state_dict(
-            vpt.base_model.model.classifier.modules_to_save["default"].state_dict()
-        )
-    assert torch.equal(e2(pixels).logits, vpt(pixels).logits)
 
 
 def test_kv_init_is_official_kaiming_uniform():
