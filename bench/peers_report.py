@@ -152,18 +152,33 @@ def plot(results: dict, path: Path) -> None:
         peer_full = peer["rows"][0]
         row = peer["rows"][1]
         cpu = statistics.median(_ratios(row, peer_full, "cpu"))
-        points.append((f"{row['name']} (adapters)", row["trainable"], cpu, row["memory"] / peer_full["memory"], "C3"))
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+        points.append(
+            (
+                f"{row['name']} (adapters library, own process)",
+                row["trainable"],
+                cpu,
+                row["memory"] / peer_full["memory"],
+                "C3",
+            )
+        )
+    figure, axes = plt.subplots(1, 2, figsize=(15, 6))
+    colors, markers = plt.get_cmap("tab20").colors, "osD^v<>pP*Xh"
     for axis, index, label in ((axes[0], 2, "train-step CPU time / full FT"), (axes[1], 3, "step memory / full FT")):
-        for point in points:
+        for number, point in enumerate(points):
             trainable = max(point[1], 1)
-            axis.scatter(trainable, point[index], color=point[4])
-            axis.annotate(point[0], (trainable, point[index]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+            style = dict(color=colors[number % 20], marker=markers[number % len(markers)], s=60)
+            axis.scatter(trainable, point[index], label=f"{number + 1}. {point[0]}", **style)
+            axis.annotate(
+                str(number + 1), (trainable, point[index]), fontsize=8, xytext=(5, 3), textcoords="offset points"
+            )
         axis.set_xscale("log")
-        axis.set_xlabel("trainable parameters (floor: none, shown at 1)")
+        axis.set_xlabel("trainable parameters (floor: none, drawn at 1)")
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
-    figure.suptitle(f"ViT-B/16-size config, batch {results['config']['batch']}: {results['environment']}", fontsize=8)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    config = results["config"]
+    size = f"{config['layers']} layers, width {config['width']}, {config['image']} px, batch {config['batch']}"
+    figure.suptitle(f"{size} | {results['environment']}", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
