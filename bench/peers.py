@@ -17,6 +17,10 @@ interleaved round-robin (see common.py), and reported as a ratio to full fine-tu
 ``--smoke`` runs a tiny ViT with one timed round, so the test suite checks that every row is produced.
 
     python bench/peers.py [--steps N] [--quick] [--smoke] [--json PATH] [--plot PATH] [--device cpu|cuda]
+                          [--dtype float32|bfloat16|float16]
+
+``--dtype`` casts the backbone and the images (prompts and LoRA weights stay float32, as the libraries keep
+them); it is meant for GPU runs, the adapters-library peer always runs in float32.
 """
 
 from __future__ import annotations
@@ -133,13 +137,13 @@ class SharedBackbone:
     (every row trains it). Tensors shared this way still count as resident in :func:`common.step_memory`.
     """
 
-    def __init__(self, config: ViTConfig, device: str) -> None:
-        self.config, self.device = config, device
+    def __init__(self, config: ViTConfig, device: str, dtype: torch.dtype) -> None:
+        self.config, self.device, self.dtype = config, device, dtype
         self.shared = {k: v.detach() for k, v in self.fresh().vit.state_dict().items()}
 
     def fresh(self) -> ViTForImageClassification:
         torch.manual_seed(SEED)
-        return ViTForImageClassification(self.config).to(self.device).eval()
+        return ViTForImageClassification(self.config).to(self.device, self.dtype).eval()
 
     def model(self, share: bool = True) -> ViTForImageClassification:
         model = self.fresh()
@@ -171,22 +175,24 @@ class TrainVariant(Variant):
         return sum(t.numel() * t.element_size() for s in states for t in s.values() if t.dim() > 0)
 
 
-def batch(config: ViTConfig, size: int, device: str, requires_grad: bool = False):
+def batch(config: ViTConfig, size: int, device: str, dtype: torch.dtype, requires_grad: bool = False):
     generator = torch.Generator().manual_seed(SEED)
-    pixels = torch.randn(size, 3, config.image_size, config.image_size, generator=generator).to(device)
+    pixels = torch.randn(size, 3, config.image_size, config.image_size, generator=generator).to(device, dtype)
     labels = torch.randint(0, NUM_LABELS, (size,), generator=generator).to(device)
     return pixels.requires_grad_(requires_grad), labels
 
 
-def build_variants(rows: list[Method], config: ViTConfig, size: int, device: str) -> list[TrainVariant]:
-    backbones = SharedBackbone(config, device)
-    full = TrainVariant(FULL, backbones.model(share=False).train(), *batch(config, size, device))
+def build_variants(
+    rows: list[Method], config: ViTConfig, size: int, device: str, dtype: torch.dtype = torch.float32
+) -> list[TrainVariant]:
+    backbones = SharedBackbone(config, device, dtype)
+    full = TrainVariant(FULL, backbones.model(share=False).train(), *batch(config, size, device, dtype))
     floor_model = backbones.model().requires_grad_(False)
-    variants = [full, TrainVariant(FLOOR, floor_model, *batch(config, size, device, requires_grad=True))]
+    variants = [full, TrainVariant(FLOOR, floor_model, *batch(config, size, device, dtype, requires_grad=True))]
     for row in rows:
         model = row.build(backbones.model())
         model.train()  # peft prompt models keep the frozen backbone in eval mode themselves
-        variants.append(TrainVariant(row.name, model, *batch(config, size, device)))
+        variants.append(TrainVariant(row.name, model, *batch(config, size, device, dtype)))
     return variants
 
 
@@ -239,6 +245,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=None, help="write the time/memory vs parameters PNG here")
     parser.add_argument("--no-adapters", action="store_true", help="skip the adapters-library peer")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 1 if args.smoke else (2 if args.quick else 3)
@@ -250,12 +257,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     setup(args.device)
     config = ViTConfig(num_labels=NUM_LABELS, **(SMOKE if args.smoke else {}))
     rows = methods(*((2, 4, 1) if args.smoke else ()))
-    size = f"{config.image_size} px, {config.num_hidden_layers} layers, width {config.hidden_size}"
+    size = f"{config.image_size} px, {config.num_hidden_layers} layers, width {config.hidden_size}, {args.dtype}"
     print(f"## Peers\n\n{describe_environment(args.device)}")
     print(
         f"{size}, batch {args.batch}, {args.steps} timed rounds after {args.warmup} warmup, interleaved\n", flush=True
     )
-    trained = build_variants(rows, config, args.batch, args.device)
+    trained = build_variants(rows, config, args.batch, args.device, getattr(torch, args.dtype))
     train_timings = time_round_robin(trained, args.steps, args.warmup, args.device)
     memory = {}
     for variant in trained:
@@ -278,6 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             "patch": config.patch_size,
             "intermediate": config.intermediate_size,
             "batch": args.batch,
+            "dtype": args.dtype,
         },
         "train": [_train_row(v, train_timings[v.name], memory[v.name]) for v in trained],
         "inference": [_infer_row(v.name, infer_timings[v.name], rows) for v in inferred],
