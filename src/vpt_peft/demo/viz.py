@@ -59,22 +59,20 @@ def _sequence_path_and_eager(model: nn.Module) -> Iterator[None]:
     banks = [
         bank for layer in model.modules() if isinstance(layer, PromptAdapterLayer) for bank in layer.banks.values()
     ]
-    saved_paths = [bank.uses_kv_path for bank in banks]
     configs = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
     saved_attn = [config._attn_implementation for config in configs]
     in_sequence = not banks or find_backbone(model).spec.prompts_in_sequence
-    try:
-        for bank in banks:
-            bank.uses_kv_path = bank.uses_kv_path and not in_sequence
-        for config in configs:
-            # The prompt hooks re-route eager attention through the key-value wrapper when E2VPT needs it.
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        for bank, path in zip(banks, saved_paths):
-            bank.uses_kv_path = path
-        for config, attn in zip(configs, saved_attn):
-            config._attn_implementation = attn
+    with contextlib.ExitStack() as stack:
+        for bank in banks if in_sequence else ():
+            stack.enter_context(bank.running_in_sequence())
+        try:
+            for config in configs:
+                # The prompt hooks re-route eager attention through the key-value wrapper when E2VPT needs it.
+                config._attn_implementation = "eager"
+            yield
+        finally:
+            for config, attn in zip(configs, saved_attn):
+                config._attn_implementation = attn
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ from .checks import check_bool, check_choice, check_count, check_fraction, check
 PROMPT_INITS = ("xavier_patch", "normal", "zeros")
 PROMPT_PATHS = ("auto", "kv", "sequence")
 HEAD_INITS = ("model", "vpt")
+PROMPT_INIT_STD = 0.02
+"""Standard deviation of every normal prompt init in the reference code (VPT 'normal', CoOp context, CAVPT, E2VPT
+'trunc_normal'): one constant so the methods cannot drift apart."""
 
 
 @dataclass

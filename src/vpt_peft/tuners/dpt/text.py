@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...engine.config import PROMPT_INIT_STD
 from ...engine.sidecar import SidecarLayer
 from ...engine.tokens import replace_prompts
 from ...engine.tuner import AdapterMismatchError
@@ -103,7 +104,7 @@ class TextPromptBank(nn.Module):
         if tokens["init_ids"].numel():
             self.ctx.copy_(token_embedding(tokens["init_ids"].to(device)).expand_as(self.ctx))
         else:
-            self.ctx.normal_(0.0, 0.02)
+            self.ctx.normal_(0.0, PROMPT_INIT_STD)
 
     def _check_loaded_shapes(self, module, state_dict, prefix, *args) -> None:
         self.template_cache = None
