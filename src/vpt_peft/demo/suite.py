@@ -20,9 +20,13 @@ import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
+from .. import recipes
+from ..recipes import HEAD, HEAD_BIAS
 from .training import FitResult, Tensors, evaluate, fit, fresh_backbone
 
 COLUMNS = ("method", "task", "group", "accuracy", "trainable", "trainable_pct", "adapter_bytes", "train_s")
+
+HEAD_ROLES = (HEAD, HEAD_BIAS)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ def run_method(
         prune_prompts(model, _batches(train, batch_size), **method.prune)
         rewound = fit(model, train, test, desc=f"{task}: {method.name} (rewind)", **schedule)
         curve = FitResult(curve.losses + rewound.losses, curve.accuracies + rewound.accuracies)
-        head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "prompt" not in n)
+        roles = recipes.parameter_roles(model)
+        head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and roles[n] in HEAD_ROLES)
         trainable = effective_prompt_parameters(model) + head
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, test)
