@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peft.config import PeftConfig
-
 from ...engine.checks import check_bool, check_choice, check_count, check_number, check_string_list
-from ...engine.config import PROMPT_PATHS
+from ...engine.config import PROMPT_PATHS, AdapterFolderConfig
 
 
 def _formats_one_name(template: str) -> bool:
@@ -27,7 +25,7 @@ def prompt_text(class_name: str) -> str:
 
 
 @dataclass
-class DualPromptConfig(PeftConfig):
+class DualPromptConfig(AdapterFolderConfig):
     """DPT (Xing et al., TMM 2023): CoOp text context + deep visual prompts + class-aware visual prompts (CAVPT).
 
     Defaults are the released runs' (ViT-B/32, 16 shots): 16 text context vectors, 10 visual prompts in

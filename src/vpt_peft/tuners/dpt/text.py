@@ -88,7 +88,7 @@ class TextPromptBank(nn.Module):
             ctx_shape = (config.num_classes, config.text_n_ctx, width) if config.csc else (config.text_n_ctx, width)
             self.ctx = nn.Parameter(torch.empty(ctx_shape, device=token_embedding.weight.device))
         self.template_cache: torch.Tensor | None = None
-        self.register_load_state_dict_pre_hook(self._check_loaded_shapes)
+        self.register_load_state_dict_pre_hook(self._forget_template_cache)
         if tokens is not None:
             self.reset(tokens, token_embedding)
 
@@ -106,9 +106,12 @@ class TextPromptBank(nn.Module):
         else:
             self.ctx.normal_(0.0, PROMPT_INIT_STD)
 
-    def _check_loaded_shapes(self, module, state_dict, prefix, *args) -> None:
+    def _forget_template_cache(self, *args) -> None:
         self.template_cache = None
-        loaded = state_dict.get(prefix + "class_token_ids")
+
+    def check_incoming(self, state: dict[str, torch.Tensor]) -> None:
+        """Called with this bank's tensors before an adapter file is loaded: a changed class list is named as such."""
+        loaded = state.get("class_token_ids")
         if loaded is not None and loaded.shape != self.class_token_ids.shape:
             raise AdapterMismatchError(
                 f"The adapter was trained for {loaded.shape[0]} classes (prompts of {loaded.shape[1]} tokens) but the "

@@ -51,6 +51,11 @@ def _sidecar_and_bank(model: nn.Module, adapter_name: Optional[str]) -> tuple[KV
 def _default_loss(outputs: Any, batch: dict) -> torch.Tensor:
     if getattr(outputs, "loss", None) is not None:
         return outputs.loss
+    if "labels" not in batch:
+        raise ValueError(
+            f"Pruning scores the prompts with the task loss, so every batch needs 'labels' (got keys {sorted(batch)}); "
+            "or pass loss_fn=(outputs, batch) -> loss."
+        )
     return F.cross_entropy(outputs.logits, batch["labels"])
 
 
@@ -131,7 +136,9 @@ def prune_prompts(
     peft_config: KVPromptConfig = _peft_config(model, name)
     if peft_config.pruned:
         raise ValueError(f"Adapter {name!r} is already pruned.")
-    if rewind == "initial" and bank.initial_values is None:
+    if bank.num_prompts == 0:
+        raise ValueError(f"Adapter {name!r} has no visual prompts (num_prompts=0): there is nothing to prune.")
+    if rewind == "initial" and (bank.initial_values is None or model.base_model.initial_heads(name) is None):
         raise ValueError(
             "This adapter was loaded from disk, so its initial values are unknown: use rewind='reinit' or None."
         )
@@ -178,11 +185,9 @@ def _replace_bank(model, sidecar, old: KVPromptBank, name, peft_config, result: 
 
 
 def _rewind_heads(model: nn.Module, name: str) -> None:
-    from peft.utils.other import ModulesToSaveWrapper
-
-    for module in model.modules():
-        if isinstance(module, ModulesToSaveWrapper) and name in module.modules_to_save:
-            module.modules_to_save[name].load_state_dict(module.original_module.state_dict())
+    """The adapter's heads as they were when it was created (own size, VPT init and all)."""
+    for path, state in model.base_model.initial_heads(name).items():
+        model.base_model.model.get_submodule(path).modules_to_save[name].load_state_dict(state)
 
 
 def effective_prompt_parameters(model: nn.Module, adapter_name: Optional[str] = None) -> int:
