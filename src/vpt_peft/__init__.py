@@ -44,6 +44,10 @@ register_method("vfpt", FourierPromptConfig, FourierPromptModel)
 register_method("kvprompt", KVPromptConfig, KVPromptModel)
 register_method("dpt", DualPromptConfig, DualPromptModel)
 
+from . import atomic  # noqa: E402
+
+atomic.install()  # crash-safe adapter saves: see vpt_peft.atomic
+
 __version__ = "0.1.0"
 
 __all__ = [

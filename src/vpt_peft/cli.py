@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Optional
 import vpt_peft
 
 from . import recipes
+from .atomic import atomic_write, resolve
 
 LABELS_FILE = "labels.json"
 
@@ -144,7 +145,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def read_labels(adapter: Path) -> list[str]:
-    path = adapter / LABELS_FILE
+    path = resolve(adapter / LABELS_FILE)  # the committed copy if a save was interrupted mid-commit
     if not path.exists():
         raise CLIError(f"{adapter} has no {LABELS_FILE}: point at a folder written by 'vpt-peft train'")
     return json.loads(path.read_text())["labels"]
@@ -152,7 +153,7 @@ def read_labels(adapter: Path) -> list[str]:
 
 def write_labels(folder: Path, labels: list[str], extra: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LABELS_FILE).write_text(json.dumps({"labels": labels, **extra}, indent=2))
+    atomic_write(folder / LABELS_FILE, json.dumps({"labels": labels, **extra}, indent=2))
 
 
 if __name__ == "__main__":

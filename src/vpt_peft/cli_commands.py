@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import recipes
+from .atomic import resolve, staged_save
 from .cli import CLIError, read_labels, steps_per_epoch, write_labels
 from .data import ImageClassificationCollator, accuracy, image_processor_for, load_image_dataset
 
@@ -134,19 +135,21 @@ def train(args: argparse.Namespace) -> None:
     )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     metrics = trainer.evaluate()
-    model.save_pretrained(args.output)
-    processor.save_pretrained(args.output)
-    write_labels(
-        args.output,
-        labels,
-        {
-            "base_model": args.model,
-            "dataset": args.dataset,
-            "method": args.method,
-            "image_column": image_column,
-            "label_column": label_column,
-        },
-    )
+    # One transaction: a crash leaves the previous adapter, processor and labels, or all the new ones.
+    with staged_save(args.output, keep=("README.md",)) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        write_labels(
+            staging,
+            labels,
+            {
+                "base_model": args.model,
+                "dataset": args.dataset,
+                "method": args.method,
+                "image_column": image_column,
+                "label_column": label_column,
+            },
+        )
     print(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}; adapter saved to {args.output}")
 
 
@@ -156,7 +159,7 @@ def _load_adapter(folder: Path):
     if not (folder / "adapter_config.json").exists():
         raise CLIError(f"{folder} is not an adapter folder (no adapter_config.json)")
     labels = read_labels(folder)
-    method = json.loads((folder / "labels.json").read_text()).get("method", "")
+    method = json.loads(resolve(folder / "labels.json").read_text()).get("method", "")
     base = PeftConfig.from_pretrained(folder).base_model_name_or_path
     model = PeftModel.from_pretrained(_load_model(base, labels, method), folder).eval()
     processor = image_processor_for(str(folder), _image_size(model))
