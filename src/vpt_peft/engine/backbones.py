@@ -13,6 +13,7 @@ passed to ``get_peft_model``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Union
@@ -110,28 +111,28 @@ def register_backbone(model_type: str, spec: BackboneSpec) -> None:
     BACKBONES[model_type] = spec
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module:
+def get_path(root: nn.Module, path: str) -> nn.Module:
     module = root
     for part in path.split("."):
         module = getattr(module, part)
     return module
 
 
-def _has_path(root: nn.Module, path: str) -> bool:
+def has_path(root: nn.Module, path: str) -> bool:
     try:
-        _get_layers(root, path) if "*" in path else _get_path(root, path)
+        get_layers(root, path) if "*" in path else get_path(root, path)
     except AttributeError:
         return False
     return True
 
 
-def _get_layers(root: nn.Module, path: str) -> list[nn.Module]:
+def get_layers(root: nn.Module, path: str) -> list[nn.Module]:
     """The blocks at ``path``, in forward order; ``*`` iterates a list and continues in each element."""
     head, star, rest = path.partition(".*")
-    container = _get_path(root, head)
+    container = get_path(root, head)
     if not star:
         return list(container)
-    return [layer for child in container for layer in _get_layers(child, rest.removeprefix("."))]
+    return [layer for child in container for layer in get_layers(child, rest.removeprefix("."))]
 
 
 @dataclass
@@ -151,14 +152,14 @@ class Backbone:
     heads: list[str] = field(default_factory=list)
 
     def sub(self, relative: str) -> nn.Module:
-        return _get_path(self.module, relative)
+        return get_path(self.module, relative)
 
     def qualified(self, relative: str) -> str:
         return f"{self.path}.{relative}" if self.path else relative
 
     @property
     def layers(self) -> list[nn.Module]:
-        return _get_layers(self.module, self.spec.layers)
+        return get_layers(self.module, self.spec.layers)
 
     def describe(self) -> dict:
         """What an adapter records about its backbone, to refuse loading onto a different one."""
@@ -179,6 +180,41 @@ def _unsupported(model: nn.Module) -> UnsupportedModelError:
     )
 
 
+def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list[nn.Module]) -> list[str]:
+    """What the hooks silently rely on and this backbone lacks (empty when the entry fits).
+
+    Every block needs the attention and its pre-norm at the entry's paths, separate key and value ``Linear``
+    projections (prompt keys/values are made with them), and the attention module must carry the model config
+    (the attention function reads the backend from it) and come from a modeling file with an
+    ``eager_attention_forward`` (the eager backend vpt_peft wraps). The config needs the sizes the prompts are
+    built from.
+    """
+    problems = []
+    config = module.config
+    for field_name in ("hidden_size", "patch_size"):
+        if not hasattr(config, field_name):
+            problems.append(f"config has no {field_name}")
+    if not layers:
+        return problems + [f"no blocks at {spec.layers!r}"]
+    block = layers[0]
+    for role, path in (("attention", spec.attention), ("attention_norm", spec.attention_norm)):
+        if not has_path(block, path):
+            problems.append(f"a block has no {role} at {path!r}")
+    if problems:
+        return problems
+    attention = get_path(block, spec.attention)
+    for role, name in (("k_proj", spec.k_proj), ("v_proj", spec.v_proj)):
+        if not isinstance(getattr(attention, name, None), nn.Linear):
+            problems.append(f"the attention has no separate {role} Linear named {name!r} (fused qkv is not supported)")
+    if getattr(attention, "config", None) is None:
+        problems.append("the attention module has no .config (the attention backend is read from it)")
+    if not hasattr(sys.modules.get(type(attention).__module__), "eager_attention_forward"):
+        problems.append(f"{type(attention).__module__} defines no eager_attention_forward")
+    if not hasattr(attention, "head_dim") and not hasattr(config, "num_attention_heads"):
+        problems.append("neither the attention's head_dim nor config.num_attention_heads is set")
+    return problems
+
+
 def find_backbone(model: nn.Module) -> Backbone:
     """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
     found = []
@@ -188,7 +224,7 @@ def find_backbone(model: nn.Module) -> Backbone:
         if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
             continue
         spec = BACKBONES[model_type]
-        if _has_path(module, spec.embeddings) and _has_path(module, spec.layers):
+        if has_path(module, spec.embeddings) and has_path(module, spec.layers):
             found.append((name, module, model_type, spec))
     if not found:
         raise _unsupported(model)
@@ -197,8 +233,15 @@ def find_backbone(model: nn.Module) -> Backbone:
         raise UnsupportedModelError(f"Found several backbones ({names}); vpt_peft prompts exactly one.")
     path, module, model_type, spec = found[0]
     config = module.config
-    layers = _get_layers(module, spec.layers)
-    attentions = [_get_path(layer, spec.attention) for layer in layers]
+    layers = get_layers(module, spec.layers)
+    problems = unmet_requirements(module, spec, layers)
+    if problems:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} (model_type={model_type!r}) does not fit its backbone table entry: "
+            + "; ".join(problems)
+            + ". Correct the entry with vpt_peft.register_backbone (see docs/contributing.md)."
+        )
+    attentions = [get_path(layer, spec.attention) for layer in layers]
     widths = [getattr(a, spec.k_proj).in_features for a in attentions]
     head_dims = [
         a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)
