@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..atomic import atomic_open
 from ..engine.backbones import find_backbone
 from ..engine.sidecar import PromptAdapterLayer
 
@@ -132,7 +133,7 @@ def save_attention_maps(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return maps
 
@@ -150,7 +151,7 @@ def plot_accuracy_vs_params(rows: Sequence[dict], path: Union[str, Path]) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -167,5 +168,12 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Union[
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
+
+
+def _save_figure(fig, path: Union[str, Path]) -> None:
+    """Write the figure atomically (a reader never sees half a PNG); the format comes from the file suffix."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, dpi=110, format=path.suffix.lstrip(".") or None)

@@ -9,8 +9,10 @@ does (``"zero"``); pruned segments are zeroed (a channel subset cannot be remove
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Optional
 
 import torch
@@ -93,16 +95,30 @@ def importance_scores(
     return totals[0] / batches, totals[1] / batches
 
 
+def pruned_count(total: int, ratio: float) -> int:
+    """How many of ``total`` items a pruning ``ratio`` removes, as the official code counts them.
+
+    The official code takes an integer percent and computes ``int(total * percent / 100)``. Multiplying by
+    the float fraction instead is not the same: ``int(90 * 0.7)`` is 62 because 0.7 is stored as
+    0.6999..., while the official count is 63 (and ``int(100 * 0.29)`` is 28, not 29). So the ratio
+    is read as the decimal number it was written as (``Fraction(repr(0.7))`` is exactly 7/10) and the
+    count is computed in exact rational arithmetic: for every integer percent this is exactly the official
+    ``int(total * percent / 100)``, and ratios finer than a percent (0.125) keep their exact meaning.
+    """
+    return math.floor(total * Fraction(repr(float(ratio))))
+
+
 def select_pruning(
     token_scores: torch.Tensor, segment_scores: torch.Tensor, token_ratio: float, segment_ratio: float
 ) -> PruningResult:
-    """Official selection: prune the int(p * ratio) lowest-scoring tokens (keeping at least 1) and, per kept
-    token, the int(R * ratio) lowest-scoring segments (keeping at least 4)."""
+    """Official selection: prune the int(p * percent / 100) lowest-scoring tokens (keeping at least 1) and,
+    per kept token, the int(R * percent / 100) lowest-scoring segments (keeping at least 4); see
+    :func:`pruned_count` for why the counts use integer-percent arithmetic."""
     p, r = segment_scores.shape
-    n_tokens = min(int(p * token_ratio), max(p - MIN_TOKENS, 0))
+    n_tokens = min(pruned_count(p, token_ratio), max(p - MIN_TOKENS, 0))
     pruned = set(torch.argsort(token_scores, stable=True)[:n_tokens].tolist())
     kept = [i for i in range(p) if i not in pruned]
-    n_segments = min(int(r * segment_ratio), r - MIN_SEGMENTS)
+    n_segments = min(pruned_count(r, segment_ratio), r - MIN_SEGMENTS)
     mask = torch.ones(p, r)
     for token in range(p):
         mask[token, torch.argsort(segment_scores[token], stable=True)[:n_segments]] = 0
