@@ -51,10 +51,16 @@ def _peft_config(args: argparse.Namespace, labels: list[str]):
 
 def _load_model(path: str, labels: list[str], method: str):
     """The base model the recipe asks for: a dual encoder (classes are text prompts) or a classifier with a new head."""
-    from transformers import AutoModel, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     recipe = recipes.RECIPES.get(method)  # an adapter folder from an older run may not name its method
     if recipe is not None and recipe.base_model == "dual-encoder":
+        config = AutoConfig.from_pretrained(path)
+        if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
+            raise CLIError(
+                f"--method {method} needs a CLIP-like checkpoint (a text and a vision tower); {path} is a "
+                f"{config.model_type!r} model. Use a vision method (e.g. --method vpt-deep) for it."
+            )
         return AutoModel.from_pretrained(path)
     return AutoModelForImageClassification.from_pretrained(
         path,
