@@ -346,3 +346,24 @@ def test_dpt_adapters_refuse_mixed_batches(tmp_path):
     pixels = torch.randn(2, 3, size, size)
     with pytest.raises(ValueError, match="DualPromptConfig.*do not serve mixed-task batches"):
         model(pixel_values=pixels, adapter_names=["default", "default"])
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_mixed_batch_compiles_with_fullgraph_and_no_graph_break():
+    """Hooks are registered once and rows are routed by index tensors built from the names: nothing in a mixed
+    batch forward needs Python between graphs (hook registration, data-dependent shapes)."""
+    import torch._dynamo
+
+    model = family_model("vpt")
+    names = NAMES["vpt"]
+    pixels = torch.randn(len(names), 3, 32, 32)
+    want = model(pixels, adapter_names=names).logits
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(pixels, adapter_names=names)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    got = torch.compile(model, fullgraph=True)(pixels, adapter_names=names).logits
+    padded = torch.isneginf(want)
+    assert torch.equal(torch.isneginf(got), padded)
+    assert_equal_to_rounding(got[~padded], want[~padded])
+    assert all(getattr(m, "mixed_batch", None) is None for m in model.modules())

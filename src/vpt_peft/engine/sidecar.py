@@ -37,6 +37,12 @@ def _owned_by(hook: Any, owner: object) -> bool:
     return getattr(func, "__self__", None) is owner
 
 
+def has_owned_hook(module: nn.Module, owner: object) -> bool:
+    """Whether ``module`` already has a forward (pre-)hook that is a bound method of ``owner``."""
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    return any(_owned_by(hook, owner) for hook in hooks)
+
+
 def remove_owned_hooks(owner: object, root: nn.Module) -> None:
     """Remove every forward (pre-)hook under ``root`` that is a bound method of ``owner``."""
     for module in root.modules():

@@ -9,11 +9,13 @@ backbone, refusing a foreign adapter, key names in the state dict, eval-mode bac
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
+import torch
 from peft import PeftModel
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -25,9 +27,9 @@ from transformers.modeling_utils import PreTrainedModel
 from .attention import ensure_installed, uninstall
 from .backbones import Backbone, find_backbone
 from .config import LOADING_MARK, PromptConfigBase
-from .heads import config_num_labels, init_heads_like_vpt, resize_heads
-from .mixed import serve_mixed_batch
-from .sidecar import SIDECAR_NAME, PromptAdapterLayer, SidecarLayer, remove_owned_hooks
+from .heads import config_num_labels, init_heads_like_vpt, pad_logits, resize_heads
+from .mixed import plan_mixed_batch
+from .sidecar import SIDECAR_NAME, PromptAdapterLayer, SidecarLayer, has_owned_hook, remove_owned_hooks
 
 
 class AdapterMismatchError(ValueError):
@@ -324,6 +326,7 @@ class ClassifierPromptTuner(PromptTuner):
             for path, wrapper in model.named_modules()
             if isinstance(wrapper, ModulesToSaveWrapper) and adapter_name in wrapper.modules_to_save
         }
+        self._hook_heads(model, adapter_name)
         super().finish_adapter(model, config, adapter_name)
 
     def initial_heads(self, adapter_name: str) -> Optional[dict[str, dict]]:
@@ -333,18 +336,52 @@ class ClassifierPromptTuner(PromptTuner):
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        """Entered by ``PeftModel.forward`` with the call's arguments: serves ``adapter_names`` mixed batches."""
+        """Entered by ``PeftModel.forward`` with the call's arguments: serves ``adapter_names`` mixed batches.
+
+        Only the plan changes per call; every hook it needs was registered once, when the adapters were added, so
+        a compiled model (``torch.compile(fullgraph=True)``) runs mixed batches without a graph break.
+        """
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             with self._config_num_labels_of(self.active_adapters):
                 yield
             return
+        plan = plan_mixed_batch(self.model, adapter_names, list(self.peft_config), args, kwargs)
         layers = [m for m in self.model.modules() if isinstance(m, PromptAdapterLayer)]
-        with (
-            serve_mixed_batch(self.model, layers, adapter_names, list(self.peft_config), args, kwargs),
-            self._config_num_labels_of(list(dict.fromkeys(adapter_names))),
-        ):
-            yield
+        self._mixed_plan = plan
+        for layer in layers:
+            layer.mixed_batch = plan
+        try:
+            with self._config_num_labels_of(list(dict.fromkeys(plan.adapter_names))):
+                yield
+        finally:
+            self._mixed_plan = None
+            for layer in layers:
+                layer.mixed_batch = None
+
+    def _hook_heads(self, model: nn.Module, adapter_name: str) -> None:
+        """The head hooks of mixed batches, registered once per head module (they do nothing outside one)."""
+        for path, wrapper in model.named_modules():
+            if not isinstance(wrapper, ModulesToSaveWrapper) or adapter_name not in wrapper.modules_to_save:
+                continue
+            if not has_owned_hook(wrapper, self):
+                wrapper.register_forward_pre_hook(self._head_pre_hook, with_kwargs=True)
+            for head in (wrapper.original_module, wrapper.modules_to_save[adapter_name]):
+                if not has_owned_hook(head, self):
+                    head.register_forward_hook(functools.partial(self._head_post_hook, path))
+
+    def _head_pre_hook(self, wrapper: nn.Module, args: tuple, kwargs: dict):
+        """In a mixed batch, peft's head wrapper dispatches per sample on ``adapter_names``."""
+        plan = getattr(self, "_mixed_plan", None)
+        if plan is None:
+            return None
+        return args, {**kwargs, "adapter_names": plan.adapter_names}
+
+    def _head_post_hook(self, path: str, head: nn.Module, args: tuple, output: torch.Tensor):
+        """In a mixed batch of heads of different sizes, narrower logits are padded with ``-inf``."""
+        plan = getattr(self, "_mixed_plan", None)
+        width = None if plan is None else plan.pad_widths.get(path)
+        return None if width is None else pad_logits(output, width)
 
     def _config_num_labels_of(self, adapter_names: list[str]):
         """While adapters with their own head size run, the HF config says that size (the model's loss reads it)."""
