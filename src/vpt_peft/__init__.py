@@ -14,6 +14,12 @@ for _name in ("vpt", "vfpt", "kvprompt", "dpt"):
 from .attention import ExtraKeyValues, UnsupportedAttentionError  # noqa: E402
 from .auto import AutoPeftModelForImageClassification  # noqa: E402
 from .backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone  # noqa: E402
+from .convert import (  # noqa: E402
+    ConversionError,
+    convert_official_kv_prompts,
+    convert_official_prompts,
+    load_official_prompts,
+)
 from .tuners.dpt import (  # noqa: E402
     DualPromptConfig,
     DualPromptEpochCallback,
@@ -52,6 +58,7 @@ __all__ = [
     "BASE_ADAPTER",
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
+    "ConversionError",
     "DualPromptConfig",
     "DualPromptEpochCallback",
     "DualPromptModel",
@@ -68,6 +75,8 @@ __all__ = [
     "UnsupportedModelError",
     "VisualPromptConfig",
     "VisualPromptModel",
+    "convert_official_kv_prompts",
+    "convert_official_prompts",
     "dual_prompt_loss",
     "dual_prompt_optimizer",
     "dual_prompt_parameter_groups",
@@ -77,6 +86,7 @@ __all__ = [
     "find_backbone",
     "get_peft_model",
     "importance_scores",
+    "load_official_prompts",
     "prune_prompts",
     "register_backbone",
     "set_epoch",
