@@ -1,4 +1,4 @@
-"""Print the backbone support matrix of docs/backbones.md from ``vpt_peft.backbones.BACKBONES``.
+"""Print the backbone support matrix of docs/backbones.md from ``vpt_peft.engine.backbones.BACKBONES``.
 
 Usage (from the repository root)::
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vpt_peft.backbones import BACKBONES, BackboneSpec
+from vpt_peft.engine.backbones import BACKBONES, BackboneSpec
 
 COLUMNS = (
     "`config.model_type`",

@@ -115,9 +115,9 @@ def test_vit_like_backbones_match_an_independent_reference(case: BackboneCase, m
     model = get_peft_model(base, METHODS[method]()).eval()
     bank = sidecar(model).banks["default"]
     with torch.no_grad():
-        prompts = {layer: bank.prompts(slot, 1, torch.float32)[0] for layer, slot in bank.layer_slots.items()}
+        prompts = {layer: bank.prompts(slot, 1, torch.float32)[0] for layer, slot in bank.layer_rows.items()}
         kv = {}
-        for layer, (key, value) in getattr(bank, "kv_slots", {}).items():
+        for layer, (key, value) in getattr(bank, "kv_rows", {}).items():
             kv[layer] = (getattr(bank, key[0])[key[1]], getattr(bank, value[0])[value[1]])
         backbone = backbone_of(model.base_model.model, case)
         got = backbone(pixel_values=pixels).last_hidden_state

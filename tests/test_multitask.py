@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 import vpt_peft
+import vpt_peft.engine.attention
 from vpt_peft import (
     BASE_ADAPTER,
     AdapterMismatchError,
@@ -118,13 +119,13 @@ def test_mixed_batch_on_deit_with_two_heads():
 
 def count_attention_calls(monkeypatch) -> list[int]:
     calls = [0]
-    original = vpt_peft.attention._attend
+    original = vpt_peft.engine.attention._attend
 
     def counting(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(vpt_peft.attention, "_attend", counting)
+    monkeypatch.setattr(vpt_peft.engine.attention, "_attend", counting)
     return calls
 
 

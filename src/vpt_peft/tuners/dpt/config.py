@@ -7,7 +7,8 @@ from typing import Any
 
 from peft.config import PeftConfig
 
-from ..prompt.config import PROMPT_PATHS, check_choice, check_count
+from ...engine.checks import check_choice, check_count
+from ...engine.config import PROMPT_PATHS
 
 
 def _check_weight(name: str, value: float) -> None:

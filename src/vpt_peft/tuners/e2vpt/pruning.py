@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..prompt.config import check_choice, check_fraction
+from ...engine.checks import check_choice, check_fraction
 from .config import KVPromptConfig
 from .layer import KVPromptBank, KVPromptLayer
 

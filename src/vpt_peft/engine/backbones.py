@@ -110,28 +110,28 @@ def register_backbone(model_type: str, spec: BackboneSpec) -> None:
     BACKBONES[model_type] = spec
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module:
+def get_path(root: nn.Module, path: str) -> nn.Module:
     module = root
     for part in path.split("."):
         module = getattr(module, part)
     return module
 
 
-def _has_path(root: nn.Module, path: str) -> bool:
+def has_path(root: nn.Module, path: str) -> bool:
     try:
-        _get_layers(root, path) if "*" in path else _get_path(root, path)
+        get_layers(root, path) if "*" in path else get_path(root, path)
     except AttributeError:
         return False
     return True
 
 
-def _get_layers(root: nn.Module, path: str) -> list[nn.Module]:
+def get_layers(root: nn.Module, path: str) -> list[nn.Module]:
     """The blocks at ``path``, in forward order; ``*`` iterates a list and continues in each element."""
     head, star, rest = path.partition(".*")
-    container = _get_path(root, head)
+    container = get_path(root, head)
     if not star:
         return list(container)
-    return [layer for child in container for layer in _get_layers(child, rest.removeprefix("."))]
+    return [layer for child in container for layer in get_layers(child, rest.removeprefix("."))]
 
 
 @dataclass
@@ -151,14 +151,14 @@ class Backbone:
     heads: list[str] = field(default_factory=list)
 
     def sub(self, relative: str) -> nn.Module:
-        return _get_path(self.module, relative)
+        return get_path(self.module, relative)
 
     def qualified(self, relative: str) -> str:
         return f"{self.path}.{relative}" if self.path else relative
 
     @property
     def layers(self) -> list[nn.Module]:
-        return _get_layers(self.module, self.spec.layers)
+        return get_layers(self.module, self.spec.layers)
 
     def describe(self) -> dict:
         """What an adapter records about its backbone, to refuse loading onto a different one."""
@@ -188,7 +188,7 @@ def find_backbone(model: nn.Module) -> Backbone:
         if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
             continue
         spec = BACKBONES[model_type]
-        if _has_path(module, spec.embeddings) and _has_path(module, spec.layers):
+        if has_path(module, spec.embeddings) and has_path(module, spec.layers):
             found.append((name, module, model_type, spec))
     if not found:
         raise _unsupported(model)
@@ -197,8 +197,8 @@ def find_backbone(model: nn.Module) -> Backbone:
         raise UnsupportedModelError(f"Found several backbones ({names}); vpt_peft prompts exactly one.")
     path, module, model_type, spec = found[0]
     config = module.config
-    layers = _get_layers(module, spec.layers)
-    attentions = [_get_path(layer, spec.attention) for layer in layers]
+    layers = get_layers(module, spec.layers)
+    attentions = [get_path(layer, spec.attention) for layer in layers]
     widths = [getattr(a, spec.k_proj).in_features for a in attentions]
     head_dims = [
         a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from peft.config import PeftConfig
 
+from .checks import check_bool, check_choice, check_count, check_fraction, check_index_list
+
 PROMPT_INITS = ("xavier_patch", "normal", "zeros")
 PROMPT_PATHS = ("auto", "kv", "sequence")
 HEAD_INITS = ("model", "vpt")
-
-
-def check_fraction(name: str, value: float, *, upper_inclusive: bool = True) -> None:
-    """Raise a clear ValueError unless ``value`` is a real number in [0, 1] (or [0, 1))."""
-    ok = isinstance(value, (int, float)) and not math.isnan(value) and value >= 0
-    ok = ok and (value <= 1 if upper_inclusive else value < 1)
-    if not ok:
-        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
-
-
-def check_count(name: str, value: int, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 @dataclass
@@ -94,8 +76,9 @@ class PromptConfigBase(PeftConfig):
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
         check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
         check_choice("head_init", self.head_init, HEAD_INITS)
-        if isinstance(self.prompt_project_dim, bool) or not isinstance(self.prompt_project_dim, int):
-            raise ValueError(f"prompt_project_dim must be an integer (-1 = off), got {self.prompt_project_dim!r}.")
+        check_count("prompt_project_dim", self.prompt_project_dim, minimum=-1)
+        for flag in ("deep", "backbone_eval_mode"):
+            check_bool(flag, getattr(self, flag))
         if self.prompt_path == "kv" and not self.deep:
             raise ValueError(
                 "prompt_path='kv' applies to deep prompts (shallow prompts flow on through every layer); set deep=True."
@@ -103,12 +86,7 @@ class PromptConfigBase(PeftConfig):
         if self.prompt_layers is not None:
             if not self.deep:
                 raise ValueError("prompt_layers only applies to deep prompts; set deep=True or drop prompt_layers.")
-            layers = list(self.prompt_layers)
-            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
-                raise ValueError(f"prompt_layers must be a non-empty list of layer indices >= 0, got {layers!r}.")
-            if len(set(layers)) != len(layers):
-                raise ValueError(f"prompt_layers has duplicates: {layers!r}.")
-            self.prompt_layers = sorted(layers)
+            self.prompt_layers = check_index_list("prompt_layers", self.prompt_layers)
 
     @property
     def effective_prompt_dropout(self) -> float:

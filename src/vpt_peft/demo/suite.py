@@ -3,7 +3,7 @@
 A *method* here is a recipe: a way to build the trainable model from a fresh copy of the backbone (a peft
 config, or full fine-tuning), the base learning rate from the papers' grid, and an optional second phase
 (E2VPT's prune-and-rewind). :func:`run_method` trains it on in-memory tensors with
-:func:`vpt_peft.training.fit`, saves it, loads it back onto another fresh copy, checks the reloaded model
+:func:`vpt_peft.demo.training.fit`, saves it, loads it back onto another fresh copy, checks the reloaded model
 predicts exactly the same, and returns one table row.
 """
 
@@ -81,7 +81,7 @@ def run_method(
     start = time.perf_counter()
     curve = fit(model, train, test, desc=f"{task}: {method.name}", **schedule)
     if method.prune is not None:
-        from .tuners.e2vpt import effective_prompt_parameters, prune_prompts
+        from ..tuners.e2vpt import effective_prompt_parameters, prune_prompts
 
         prune_prompts(model, _batches(train, batch_size), **method.prune)
         rewound = fit(model, train, test, desc=f"{task}: {method.name} (rewind)", **schedule)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import recipes
+from .. import recipes
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,7 +104,7 @@ def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Option
     """
     from transformers import ViTConfig, ViTForImageClassification
 
-    from .data import digits_task
+    from .digits import digits_task
 
     folder = folder or cache_dir() / f"digits-vit-{image_size}px-{epochs}ep"
     if not (folder / "config.json").exists():

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .backbones import find_backbone
-from .tuners.prompt.layer import PromptAdapterLayer
+from ..engine.backbones import find_backbone
+from ..engine.sidecar import PromptAdapterLayer
 
 
 def _pyplot():
@@ -34,7 +34,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "vpt_peft.viz draws with matplotlib: pip install 'vpt-peft[demo]' (or matplotlib)."
+            "vpt_peft.demo.viz draws with matplotlib: pip install 'vpt-peft[demo]' (or matplotlib)."
         ) from error
     return plt
 
