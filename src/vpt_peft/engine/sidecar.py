@@ -27,6 +27,7 @@ from .bank import PromptBank
 from .config import PromptConfigBase
 from .mixed import MixedBatch
 from .tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts, widen_block_mask
+from .windows import WindowedPrompts
 
 SIDECAR_NAME = "prompt_adapter"
 
@@ -103,6 +104,9 @@ class SidecarLayer(nn.Module, BaseTunerLayer):
     def remove_hooks(self, root: nn.Module) -> None:
         """Remove every hook this sidecar registered under ``root`` (and anything it parked on modules)."""
         remove_owned_hooks(self, root)
+        helper = getattr(self, "windows", None)
+        if helper is not None:
+            remove_owned_hooks(helper, root)
         for module in root.modules():
             module.__dict__.pop(EXTRA_KV_ATTRIBUTE, None)
 
@@ -120,6 +124,7 @@ class PromptAdapterLayer(SidecarLayer):
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
+        self.windows: Optional[WindowedPrompts] = None  # the hooks' owner on windowed backbones
 
     def make_bank(self, config: PromptConfigBase, backbone: Backbone) -> PromptBank:
         """Build one adapter's bank (methods whose banks need more than the config override this)."""
@@ -131,6 +136,11 @@ class PromptAdapterLayer(SidecarLayer):
     # ----------------------------------------------------------------------------------------- hooks
     def register_hooks(self, backbone: Backbone) -> None:
         spec = backbone.spec
+        if spec.windows is not None:
+            # Windowed attention: prompt tokens travel beside the blocks' sequence (engine/windows.py).
+            self.windows = WindowedPrompts(self, backbone)
+            self.windows.register_hooks(backbone)
+            return
         for index, layer in enumerate(backbone.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer_pre_hook, index), with_kwargs=True)
             attention = get_path(layer, spec.attention)
