@@ -118,8 +118,11 @@ class PromptBank(nn.Module):
             if tensor.is_meta:
                 return
             if config.prompt_init == "xavier_patch":
-                # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
-                bound = math.sqrt(6.0 / (backbone.patch_fan_in + tensor.shape[-1]))
+                # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw, fan_out =
+                # the patch embedding's width). One bound for every tensor: the official Swin code computes it
+                # with the first stage's width for all stages.
+                width = config.prompt_project_dim if self.prompt_proj is not None else backbone.layer_widths[0]
+                bound = math.sqrt(6.0 / (backbone.patch_fan_in + width))
                 tensor.uniform_(-bound, bound)
             elif config.prompt_init == "normal":
                 tensor.normal_(0.0, 0.02)

@@ -149,6 +149,25 @@ class WindowedPrompts:
 
     def _start(self, module: nn.Module, args: tuple) -> None:
         self.call, self.keep_state = None, False  # the call is set up by block 0, which knows the batch size
+        checkpointed = [
+            m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True and m.training
+        ]
+        bank = self.sidecar.active_bank() if self.sidecar.mixed_batch is None else None
+        if not checkpointed or not torch.is_grad_enabled() or bank is None:
+            return
+        if not (bank.num_prompts or bank.needs_extra_key_values):
+            return
+        # Hooks inside checkpointed blocks and stages run again when backward recomputes them: keep this call's
+        # state until the next call, so that they read what the first pass read.
+        self.keep_state = True
+        for m in checkpointed:
+            func = getattr(m, "_gradient_checkpointing_func", None)
+            if getattr(func, "keywords", {}).get("use_reentrant", True):
+                raise ValueError(
+                    "Swin prompts travel beside the checkpointed blocks and stages, which reentrant checkpointing "
+                    "cannot differentiate (their forward runs without autograd): use gradient_checkpointing_enable("
+                    "gradient_checkpointing_kwargs={'use_reentrant': False}), the transformers default."
+                )
 
     def _finish(self, module: nn.Module, args: tuple, output: Any) -> Any:
         call, slots = self.call, 0 if self.call is None else self.call.pooled_slots
@@ -166,10 +185,6 @@ class WindowedPrompts:
         if index == 0 or self.call is None:
             self.call = _Call(self._tasks(hidden.shape[0], hidden.device), hidden.shape[0])
         call = self.call
-        if self._check_checkpointing(module, call) and not hidden.requires_grad:
-            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; nothing else
-            # would make it reach the key/value prompts read inside the block.
-            args = (hidden.detach().requires_grad_(), *args[1:]) if args else args
         streams = dict(call.streams.get(index, {}))
         reads = {}
         for t, task in enumerate(call.tasks):
@@ -186,25 +201,7 @@ class WindowedPrompts:
                 reads[t] = prompts
                 streams.pop(t, None)
         call.streams[index], call.key_values[index] = streams, reads
-        return args, kwargs
-
-    def _check_checkpointing(self, block: nn.Module, call: _Call) -> bool:
-        """Whether ``block`` runs under reentrant checkpointing with prompts (refused if they are tokens)."""
-        if not (block.training and getattr(block, "gradient_checkpointing", False) and torch.is_grad_enabled()):
-            return False
-        banks = [task.bank for task in call.tasks if task.bank is not None]
-        if not any(bank.num_prompts or bank.needs_extra_key_values for bank in banks):
-            return False
-        self.keep_state = True  # recomputation re-runs the hooks, which read this call's state
-        func = getattr(block, "_gradient_checkpointing_func", None)
-        reentrant = getattr(func, "keywords", {}).get("use_reentrant", True)
-        if reentrant and any(bank.num_prompts and SEQUENCE in bank.block_modes.values() for bank in banks):
-            raise ValueError(
-                "Swin prompt tokens travel beside the checkpointed blocks, which reentrant checkpointing cannot "
-                "differentiate: use gradient_checkpointing_enable(gradient_checkpointing_kwargs="
-                "{'use_reentrant': False})."
-            )
-        return reentrant
+        return None
 
     # ------------------------------------------------------------------------------------------ attention
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
