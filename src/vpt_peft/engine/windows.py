@@ -105,6 +105,8 @@ class WindowedPrompts:
         self.num_blocks = backbone.num_layers
         self.call: Optional[_Call] = None
         self.keep_state = False
+        # Blocks and stages that can run under gradient checkpointing (checked at the start of every call).
+        self.checkpointable = [m for m in backbone.module.modules() if hasattr(m, "gradient_checkpointing")]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "call": None}
@@ -149,9 +151,7 @@ class WindowedPrompts:
 
     def _start(self, module: nn.Module, args: tuple) -> None:
         self.call, self.keep_state = None, False  # the call is set up by block 0, which knows the batch size
-        checkpointed = [
-            m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True and m.training
-        ]
+        checkpointed = [m for m in self.checkpointable if m.gradient_checkpointing is True and m.training]
         bank = self.sidecar.active_bank() if self.sidecar.mixed_batch is None else None
         if not checkpointed or not torch.is_grad_enabled() or bank is None:
             return
