@@ -20,6 +20,10 @@ from .tuners import load_methods
 
 load_methods()
 
+from . import atomic  # noqa: E402
+
+atomic.install()  # crash-safe adapter saves: see vpt_peft.atomic
+
 from .tuners.dpt import (  # noqa: E402
     DualPromptConfig,
     DualPromptEpochCallback,

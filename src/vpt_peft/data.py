@@ -46,11 +46,25 @@ def load_image_dataset(source: str, eval_split: Optional[str] = None, test_size:
     image_column = next((k for k, v in features.items() if isinstance(v, Image)), None)
     label_column = next((k for k, v in features.items() if isinstance(v, ClassLabel)), None)
     label_column = label_column or next((k for k in ("label", "labels") if k in features), None)
+    if image_column is not None and label_column is None and os.path.isdir(source):
+        raise ValueError(_folder_layout_problem(Path(source)))
     if image_column is None or label_column is None:
         raise ValueError(f"{source!r} needs an image column and a label column; it has {list(features)}.")
     feature = features[label_column]
     names = list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in train[label_column]})
     return train, evaluation, image_column, label_column, names
+
+
+def _folder_layout_problem(root: Path) -> str:
+    """Why an image folder gave no labels: the classes are its sub-folders, and a classifier needs two."""
+    split_names = {"train", "test", "validation", "val"}
+    top = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    parent = next((d for d in top if d.name in split_names), root)
+    classes = sorted(d.name for d in parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+    layout = f"put each class's images in {root}/<class name>/ (or {root}/train/<class name>/)"
+    if not classes:
+        return f"{root} has its images directly inside, with no class sub-folders, so they have no labels: {layout}."
+    return f"{parent} has one class sub-folder ({classes[0]!r}); a classifier needs at least two classes: {layout}."
 
 
 def image_processor_for(model_path: str, image_size: int):

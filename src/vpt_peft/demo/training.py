@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import recipes
+from ..atomic import new_folder
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -133,7 +134,8 @@ def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Option
             desc="pretraining the foundation model",
             optimizer_fn=adamw,
         )
-        model.save_pretrained(folder)
+        with new_folder(folder) as staging:  # the cache appears complete or not at all
+            model.save_pretrained(staging)
     return ViTForImageClassification.from_pretrained(folder).eval(), folder
 
 

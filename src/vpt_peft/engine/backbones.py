@@ -13,6 +13,7 @@ passed to ``get_peft_model``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Optional, Union
@@ -206,6 +207,41 @@ def _unsupported(model: nn.Module) -> UnsupportedModelError:
     )
 
 
+def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list[nn.Module]) -> list[str]:
+    """What the hooks silently rely on and this backbone lacks (empty when the entry fits).
+
+    Every block needs the attention and its pre-norm at the entry's paths, separate key and value ``Linear``
+    projections (prompt keys/values are made with them), and the attention module must carry the model config
+    (the attention function reads the backend from it) and come from a modeling file with an
+    ``eager_attention_forward`` (the eager backend vpt_peft wraps). The config needs the sizes the prompts are
+    built from.
+    """
+    problems = []
+    config = module.config
+    for field_name in ("hidden_size", "patch_size"):
+        if not hasattr(config, field_name):
+            problems.append(f"config has no {field_name}")
+    if not layers:
+        return problems + [f"no blocks at {spec.layers!r}"]
+    block = layers[0]
+    for role, path in (("attention", spec.attention), ("attention_norm", spec.attention_norm)):
+        if not has_path(block, path):
+            problems.append(f"a block has no {role} at {path!r}")
+    if problems:
+        return problems
+    attention = get_path(block, spec.attention)
+    for role, name in (("k_proj", spec.k_proj), ("v_proj", spec.v_proj)):
+        if not isinstance(getattr(attention, name, None), nn.Linear):
+            problems.append(f"the attention has no separate {role} Linear named {name!r} (fused qkv is not supported)")
+    if getattr(attention, "config", None) is None:
+        problems.append("the attention module has no .config (the attention backend is read from it)")
+    if not hasattr(sys.modules.get(type(attention).__module__), "eager_attention_forward"):
+        problems.append(f"{type(attention).__module__} defines no eager_attention_forward")
+    if not hasattr(attention, "head_dim") and not hasattr(config, "num_attention_heads"):
+        problems.append("neither the attention's head_dim nor config.num_attention_heads is set")
+    return problems
+
+
 def find_backbone(model: nn.Module) -> Backbone:
     """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
     found = []
@@ -225,6 +261,13 @@ def find_backbone(model: nn.Module) -> Backbone:
     path, module, model_type, spec = found[0]
     config = module.config
     layers = get_layers(module, spec.layers)
+    problems = unmet_requirements(module, spec, layers)
+    if problems:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} (model_type={model_type!r}) does not fit its backbone table entry: "
+            + "; ".join(problems)
+            + ". Correct the entry with vpt_peft.register_backbone (see docs/contributing.md)."
+        )
     attentions = [get_path(layer, spec.attention) for layer in layers]
     widths = [getattr(a, spec.k_proj).in_features for a in attentions]
     head_dims = [

@@ -8,6 +8,8 @@ hooks; :class:`vpt_peft.engine.sidecar.PromptAdapterLayer` asks it for prompts o
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 
 from .attention import ExtraKeyValues, prompt_key_values
 from .backbones import Backbone
-from .config import KV_ONLY, PromptConfigBase
+from .config import KV_ONLY, PROMPT_INIT_STD, PromptConfigBase
 from .windows import block_modes
 
 
@@ -125,11 +127,24 @@ class PromptBank(nn.Module):
                 bound = math.sqrt(6.0 / (backbone.patch_fan_in + width))
                 tensor.uniform_(-bound, bound)
             elif config.prompt_init == "normal":
-                tensor.normal_(0.0, 0.02)
+                tensor.normal_(0.0, PROMPT_INIT_STD)
             else:
                 tensor.zero_()
         if self.prompt_proj is not None:
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
+
+    @contextmanager
+    def running_in_sequence(self) -> Iterator[None]:
+        """Deep prompts through the blocks instead of the key-value path, for the duration.
+
+        The two paths compute the same function where the key-value path is chosen; the in-sequence one also
+        gives the prompts their own attention rows, which attention maps draw.
+        """
+        saved, self.uses_kv_path = self.uses_kv_path, False
+        try:
+            yield
+        finally:
+            self.uses_kv_path = saved
 
     @property
     def needs_extra_key_values(self) -> bool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from pathlib import Path
+from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
@@ -15,10 +16,48 @@ KV_ONLY = "kv_only"
 """Windowed backbones only: every prompted block reads its prompts as keys/values and nothing else (no prompt
 tokens, nothing pooled). Not the official function; what vpt_peft computed on Swin before it followed it."""
 HEAD_INITS = ("model", "vpt")
+PROMPT_INIT_STD = 0.02
+"""Standard deviation of every normal prompt init in the reference code (VPT 'normal', CoOp context, CAVPT, E2VPT
+'trunc_normal'): one constant so the methods cannot drift apart."""
+
+
+LOADING_MARK = "_vpt_peft_loading"
+"""Set on a config read from an adapter folder: the tuner knows the adapter it creates awaits that folder's weights."""
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Refuse, before anything is built, a local adapter folder that cannot hold a prompt adapter's weights."""
+    if (folder / WEIGHTS_FILE).is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        raise ValueError(
+            f"{folder} holds pickle weights (adapter_model.bin). vpt_peft loads prompt adapters from safetensors only "
+            "(a pickle file can run code when loaded): save the adapter again with save_pretrained, or convert it "
+            "with safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')."
+        )
+    raise FileNotFoundError(
+        f"{folder} has no {WEIGHTS_FILE}: the adapter folder is incomplete (an interrupted save, or only the config "
+        "was copied). Point at the folder save_pretrained wrote."
+    )
+
+
+class AdapterFolderConfig(PeftConfig):
+    """A config that checks the folder it is read from (weights present, safetensors only) before peft loads it."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any):
+        folder = Path(pretrained_model_name_or_path, subfolder or "")
+        if folder.is_dir():
+            check_adapter_folder(folder)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config.__dict__[LOADING_MARK] = True
+        return config
 
 
 @dataclass
-class PromptConfigBase(PeftConfig):
+class PromptConfigBase(AdapterFolderConfig):
     """Visual prompts for a frozen vision transformer (VPT, Jia et al., ECCV 2022), shared fields.
 
     Defaults are the official code's, with the released runs' prompt dropout (0.1 for deep, 0 for shallow).

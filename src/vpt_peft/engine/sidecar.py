@@ -24,6 +24,7 @@ from torch import nn
 from .attention import EXTRA_KV_ATTRIBUTE, ensure_installed, set_extra_key_values
 from .backbones import Backbone, get_path
 from .bank import PromptBank
+from .checks import check_pixel_values
 from .config import PromptConfigBase
 from .mixed import MixedBatch
 from .tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts, widen_block_mask
@@ -123,6 +124,7 @@ class PromptAdapterLayer(SidecarLayer):
         self.head_dims = backbone.layer_head_dims
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
+        self.num_channels = getattr(backbone.module.config, "num_channels", None)
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
         self.windows: Optional[WindowedPrompts] = None  # the hooks' owner on windowed backbones
 
@@ -138,6 +140,7 @@ class PromptAdapterLayer(SidecarLayer):
         spec = backbone.spec
         if spec.windows is not None:
             # Windowed attention: prompt tokens travel beside the blocks' sequence (engine/windows.py).
+            backbone.module.register_forward_pre_hook(self._backbone_input_hook, with_kwargs=True)
             self.windows = WindowedPrompts(self, backbone)
             self.windows.register_hooks(backbone)
             return
@@ -154,6 +157,7 @@ class PromptAdapterLayer(SidecarLayer):
                 bias.register_forward_hook(functools.partial(self._bias_hook, index))
         if spec.final_norm is not None:
             backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
+        backbone.module.register_forward_pre_hook(self._backbone_input_hook, with_kwargs=True)
         backbone.module.register_forward_hook(self._backbone_output_hook)
 
     def prompt_slots(self) -> int:
@@ -221,6 +225,12 @@ class PromptAdapterLayer(SidecarLayer):
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
         count = self.prompt_slots()
         return self._strip(output, count) if count else None
+
+    def _backbone_input_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Refuse malformed images with a message that says what is wrong (not an unpacking error deep inside)."""
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        if pixels is not None:
+            check_pixel_values(pixels, self.num_channels)
 
     def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
         """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
@@ -45,11 +45,32 @@ from .backbones import Backbone, get_path
 from .config import KV_ONLY, PromptConfigBase
 from .tokens import open_prompt_slots
 
-if TYPE_CHECKING:
-    from .bank import PromptBank
-    from .sidecar import PromptAdapterLayer
-
 SEQUENCE, KV = "sequence", "kv"
+
+
+class PromptBank(Protocol):
+    """What the hooks read from a bank (:class:`vpt_peft.engine.bank.PromptBank`; not imported: it imports this)."""
+
+    layer_rows: dict[int, tuple[str, int]]
+    first_layer: int
+    num_prompts: int
+    block_modes: dict[int, str]
+    needs_extra_key_values: bool
+
+    def prompts(self, where: tuple[str, int], batch_size: int, dtype: torch.dtype) -> torch.Tensor: ...
+
+    def kv_prompt_key_values(self, layer_index: int, rows: int, dtype: torch.dtype) -> Optional[ExtraKeyValues]: ...
+
+
+class PromptAdapterLayer(Protocol):
+    """What the hooks read from their sidecar (:class:`vpt_peft.engine.sidecar.PromptAdapterLayer`)."""
+
+    mixed_batch: Any
+    k_proj: str
+    v_proj: str
+    head_dims: list[int]
+
+    def active_bank(self) -> Optional[PromptBank]: ...
 
 
 def block_modes(config: PromptConfigBase, layers: list[int], backbone: Backbone) -> dict[int, str]:

@@ -9,6 +9,7 @@ from torch import nn
 from ...engine.attention import ExtraKeyValues, split_heads
 from ...engine.backbones import Backbone
 from ...engine.bank import PromptBank, TensorRow, stacked_rows, stacked_shapes
+from ...engine.config import PROMPT_INIT_STD
 from ...engine.sidecar import PromptAdapterLayer
 from .config import KVPromptConfig
 
@@ -76,7 +77,7 @@ class KVPromptBank(PromptBank):
                 bound = math.sqrt(6.0 / max(1, config.num_kv_prompts * self.kv_head_dims[name]))
                 tensor.uniform_(-bound, bound)
             else:
-                nn.init.trunc_normal_(tensor, std=0.02)
+                nn.init.trunc_normal_(tensor, std=PROMPT_INIT_STD)
 
     @property
     def needs_extra_key_values(self) -> bool:
