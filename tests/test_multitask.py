@@ -313,8 +313,7 @@ def test_pruned_e2vpt_adapter_serves_next_to_an_unpruned_one():
 @torch.no_grad()
 def test_mixed_batch_on_every_backbone(case):
     configs = {"deep": VisualPromptConfig(num_prompts=3, deep=True), "shallow": VisualPromptConfig(num_prompts=2)}
-    if case.in_sequence:
-        configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
+    configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
     (first, config), *others = configs.items()
     model = get_peft_model(build(case), config, adapter_name=first)
     for name, other in others:

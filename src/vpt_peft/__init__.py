@@ -10,6 +10,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from . import recipes
 from .auto import AutoPeftModelForImageClassification
+from .convert import ConversionError, convert_official_kv_prompts, convert_official_prompts, load_official_prompts
 from .engine.attention import ExtraKeyValues, UnsupportedAttentionError
 from .engine.backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone
 from .engine.heads import BASE_ADAPTER, split_logits
@@ -55,6 +56,7 @@ __all__ = [
     "AdapterMismatchError",
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
+    "ConversionError",
     "DualPromptConfig",
     "DualPromptEpochCallback",
     "DualPromptModel",
@@ -71,6 +73,8 @@ __all__ = [
     "UnsupportedModelError",
     "VisualPromptConfig",
     "VisualPromptModel",
+    "convert_official_kv_prompts",
+    "convert_official_prompts",
     "dual_prompt_loss",
     "dual_prompt_optimizer",
     "dual_prompt_parameter_groups",
@@ -80,6 +84,7 @@ __all__ = [
     "find_backbone",
     "get_peft_model",
     "importance_scores",
+    "load_official_prompts",
     "prune_prompts",
     "recipes",
     "register_backbone",

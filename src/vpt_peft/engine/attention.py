@@ -90,6 +90,21 @@ def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
 
 
+def prompt_key_values(
+    prompts: torch.Tensor, norm: torch.nn.Module, attention: torch.nn.Module, k_proj: str, v_proj: str, head_dim: int
+) -> ExtraKeyValues:
+    """What a block's real tokens see of prompt tokens they attend to: the block's norm, then its own K/V projections.
+
+    This is exactly the prompts' contribution as keys/values when they sit in the sequence, which is why a block
+    whose prompt outputs are discarded can read them this way (the key-value fast path).
+    """
+    normed = norm(prompts)
+    return ExtraKeyValues(
+        split_heads(getattr(attention, k_proj)(normed), head_dim),
+        split_heads(getattr(attention, v_proj)(normed), head_dim),
+    )
+
+
 def _widen_mask(
     mask: Optional[torch.Tensor], extra: ExtraKeyValues, query: torch.Tensor, num_keys: int
 ) -> Optional[torch.Tensor]:

@@ -16,7 +16,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -27,14 +27,34 @@ class UnsupportedModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """What the official prompted Swin needs to know about a windowed family's blocks, beyond ``BackboneSpec``.
+
+    Prompt tokens are carried beside the patch grid (spec methods.md §1.9), so the engine runs the parts of
+    a block the patches get from HF's own code on the prompts itself: the residual branch after attention
+    (``attention_branch``: the block's dropout modules, in order), the MLP behind its norm (``mlp_norm``,
+    ``mlp``, then ``mlp_branch``) and, after each stage, the stage's patch merging (``merge`` inside every
+    element of ``stages``; the merging module is called on four copies of each prompt, the official widening).
+    """
+
+    stages: str = "encoder.layers"
+    merge: str = "downsample"
+    mlp_norm: str = "layernorm_after"
+    mlp: str = "mlp"
+    attention_branch: tuple[str, ...] = ("dropout", "drop_path")
+    mlp_branch: tuple[str, ...] = ("dropout",)
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """Where prompts go in one backbone family (paths relative to the backbone module).
 
     ``layers`` names the list of blocks; a ``*`` segment flattens nested lists (Swin's stages of blocks:
     ``"encoder.layers.*.blocks"``). ``relative_position_bias`` is the path, inside a block, of a module
     whose output is an additive ``(..., S, S)`` bias for the real tokens (padded with zeros for prompts).
-    ``prompts_in_sequence=False`` marks windowed attention, where prompt tokens cannot join the token
-    sequence: prompts then enter every window's attention as extra keys/values only.
+    ``windows`` marks windowed attention (Swin): the blocks reshape their input to the patch grid, so prompt
+    tokens cannot join the blocks' token sequence; they are carried beside it and prepended to every window
+    instead (:class:`WindowSpec`, :mod:`vpt_peft.engine.windows`).
     """
 
     embeddings: str = "embeddings"
@@ -46,9 +66,14 @@ class BackboneSpec:
     num_special_tokens: Union[int, Callable[[object], int]] = 1
     final_norm: Union[str, None] = "layernorm"
     relative_position_bias: Union[str, None] = None
-    prompts_in_sequence: bool = True
+    windows: Optional[WindowSpec] = None
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
+
+    @property
+    def prompts_in_sequence(self) -> bool:
+        """Whether prompts ride in the blocks' own token sequence (every family but the windowed ones)."""
+        return self.windows is None
 
     def special_tokens(self, config: object) -> int:
         n = self.num_special_tokens
@@ -79,9 +104,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     "swin": BackboneSpec(
         layers="encoder.layers.*.blocks",
         num_special_tokens=0,
-        prompts_in_sequence=False,
-        description="SwinModel, SwinForImageClassification: windowed attention, so every block's prompts join each "
-        "window's attention as extra keys/values (one tensor per stage width)",
+        relative_position_bias="attention.relative_position_bias",
+        windows=WindowSpec(),
+        description="SwinModel, SwinForImageClassification: prompt tokens are prepended to every window (zero "
+        "relative bias, never masked), averaged over the windows, widened by each patch merging and mean-pooled "
+        "with the patches, as the official code (one tensor per stage width)",
     ),
     "dinov2": replace(
         DINOV2_BLOCKS,

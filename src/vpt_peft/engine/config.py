@@ -12,6 +12,9 @@ from .checks import check_bool, check_choice, check_count, check_fraction, check
 
 PROMPT_INITS = ("xavier_patch", "normal", "zeros")
 PROMPT_PATHS = ("auto", "kv", "sequence")
+KV_ONLY = "kv_only"
+"""Windowed backbones only: every prompted block reads its prompts as keys/values and nothing else (no prompt
+tokens, nothing pooled). Not the official function; what vpt_peft computed on Swin before it followed it."""
 HEAD_INITS = ("model", "vpt")
 PROMPT_INIT_STD = 0.02
 """Standard deviation of every normal prompt init in the reference code (VPT 'normal', CoOp context, CAVPT, E2VPT
@@ -81,7 +84,9 @@ class PromptConfigBase(AdapterFolderConfig):
         default="auto",
         metadata={
             "help": "Deep prompts: 'kv' feeds them to attention as extra keys/values (exact, faster), 'sequence' "
-            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact."
+            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact. Swin: "
+            "'kv' and 'auto' read all but the last block's prompts as keys/values; 'kv_only' (Swin only, not the "
+            "official function) reads every block's prompts as keys/values only and never pools them."
         },
     )
     head_init: str = field(
@@ -113,7 +118,7 @@ class PromptConfigBase(AdapterFolderConfig):
         if self.prompt_dropout is not None:
             check_fraction("prompt_dropout", self.prompt_dropout, upper_inclusive=False)
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
-        check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
+        check_choice("prompt_path", self.prompt_path, (*PROMPT_PATHS, KV_ONLY))
         check_choice("head_init", self.head_init, HEAD_INITS)
         check_count("prompt_project_dim", self.prompt_project_dim, minimum=-1)
         for flag in ("deep", "backbone_eval_mode"):

@@ -28,6 +28,7 @@ from .checks import check_pixel_values
 from .config import PromptConfigBase
 from .mixed import MixedBatch
 from .tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts, widen_block_mask
+from .windows import WindowedPrompts
 
 SIDECAR_NAME = "prompt_adapter"
 
@@ -110,6 +111,9 @@ class SidecarLayer(nn.Module, BaseTunerLayer):
     def remove_hooks(self, root: nn.Module) -> None:
         """Remove every hook this sidecar registered under ``root`` (and anything it parked on modules)."""
         remove_owned_hooks(self, root)
+        helper = getattr(self, "windows", None)
+        if helper is not None:
+            remove_owned_hooks(helper, root)
         for module in root.modules():
             module.__dict__.pop(EXTRA_KV_ATTRIBUTE, None)
 
@@ -128,6 +132,7 @@ class PromptAdapterLayer(SidecarLayer):
         self.strips_at_final_norm = backbone.spec.final_norm is not None
         self.num_channels = getattr(backbone.module.config, "num_channels", None)
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
+        self.windows: Optional[WindowedPrompts] = None  # the hooks' owner on windowed backbones
 
     def make_bank(self, config: PromptConfigBase, backbone: Backbone) -> PromptBank:
         """Build one adapter's bank (methods whose banks need more than the config override this)."""
@@ -139,6 +144,12 @@ class PromptAdapterLayer(SidecarLayer):
     # ----------------------------------------------------------------------------------------- hooks
     def register_hooks(self, backbone: Backbone) -> None:
         spec = backbone.spec
+        if spec.windows is not None:
+            # Windowed attention: prompt tokens travel beside the blocks' sequence (engine/windows.py).
+            backbone.module.register_forward_pre_hook(self._backbone_input_hook, with_kwargs=True)
+            self.windows = WindowedPrompts(self, backbone)
+            self.windows.register_hooks(backbone)
+            return
         for index, layer in enumerate(backbone.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer_pre_hook, index), with_kwargs=True)
             attention = get_path(layer, spec.attention)
