@@ -2,38 +2,62 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from pathlib import Path
+from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
+from .checks import check_bool, check_choice, check_count, check_fraction, check_index_list
+
 PROMPT_INITS = ("xavier_patch", "normal", "zeros")
 PROMPT_PATHS = ("auto", "kv", "sequence")
+KV_ONLY = "kv_only"
+"""Windowed backbones only: every prompted block reads its prompts as keys/values and nothing else (no prompt
+tokens, nothing pooled). Not the official function; what vpt_peft computed on Swin before it followed it."""
 HEAD_INITS = ("model", "vpt")
+PROMPT_INIT_STD = 0.02
+"""Standard deviation of every normal prompt init in the reference code (VPT 'normal', CoOp context, CAVPT, E2VPT
+'trunc_normal'): one constant so the methods cannot drift apart."""
 
 
-def check_fraction(name: str, value: float, *, upper_inclusive: bool = True) -> None:
-    """Raise a clear ValueError unless ``value`` is a real number in [0, 1] (or [0, 1))."""
-    ok = isinstance(value, (int, float)) and not math.isnan(value) and value >= 0
-    ok = ok and (value <= 1 if upper_inclusive else value < 1)
-    if not ok:
-        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+LOADING_MARK = "_vpt_peft_loading"
+"""Set on a config read from an adapter folder: the tuner knows the adapter it creates awaits that folder's weights."""
+
+WEIGHTS_FILE = "adapter_model.safetensors"
 
 
-def check_count(name: str, value: int, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+def check_adapter_folder(folder: Path) -> None:
+    """Refuse, before anything is built, a local adapter folder that cannot hold a prompt adapter's weights."""
+    if (folder / WEIGHTS_FILE).is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        raise ValueError(
+            f"{folder} holds pickle weights (adapter_model.bin). vpt_peft loads prompt adapters from safetensors only "
+            "(a pickle file can run code when loaded): save the adapter again with save_pretrained, or convert it "
+            "with safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')."
+        )
+    raise FileNotFoundError(
+        f"{folder} has no {WEIGHTS_FILE}: the adapter folder is incomplete (an interrupted save, or only the config "
+        "was copied). Point at the folder save_pretrained wrote."
+    )
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+class AdapterFolderConfig(PeftConfig):
+    """A config that checks the folder it is read from (weights present, safetensors only) before peft loads it."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any):
+        folder = Path(pretrained_model_name_or_path, subfolder or "")
+        if folder.is_dir():
+            check_adapter_folder(folder)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config.__dict__[LOADING_MARK] = True
+        return config
 
 
 @dataclass
-class PromptConfigBase(PeftConfig):
+class PromptConfigBase(AdapterFolderConfig):
     """Visual prompts for a frozen vision transformer (VPT, Jia et al., ECCV 2022), shared fields.
 
     Defaults are the official code's, with the released runs' prompt dropout (0.1 for deep, 0 for shallow).
@@ -60,7 +84,9 @@ class PromptConfigBase(PeftConfig):
         default="auto",
         metadata={
             "help": "Deep prompts: 'kv' feeds them to attention as extra keys/values (exact, faster), 'sequence' "
-            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact."
+            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact. Swin: "
+            "'kv' and 'auto' read all but the last block's prompts as keys/values; 'kv_only' (Swin only, not the "
+            "official function) reads every block's prompts as keys/values only and never pools them."
         },
     )
     head_init: str = field(
@@ -92,10 +118,11 @@ class PromptConfigBase(PeftConfig):
         if self.prompt_dropout is not None:
             check_fraction("prompt_dropout", self.prompt_dropout, upper_inclusive=False)
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
-        check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
+        check_choice("prompt_path", self.prompt_path, (*PROMPT_PATHS, KV_ONLY))
         check_choice("head_init", self.head_init, HEAD_INITS)
-        if isinstance(self.prompt_project_dim, bool) or not isinstance(self.prompt_project_dim, int):
-            raise ValueError(f"prompt_project_dim must be an integer (-1 = off), got {self.prompt_project_dim!r}.")
+        check_count("prompt_project_dim", self.prompt_project_dim, minimum=-1)
+        for flag in ("deep", "backbone_eval_mode"):
+            check_bool(flag, getattr(self, flag))
         if self.prompt_path == "kv" and not self.deep:
             raise ValueError(
                 "prompt_path='kv' applies to deep prompts (shallow prompts flow on through every layer); set deep=True."
@@ -103,12 +130,7 @@ class PromptConfigBase(PeftConfig):
         if self.prompt_layers is not None:
             if not self.deep:
                 raise ValueError("prompt_layers only applies to deep prompts; set deep=True or drop prompt_layers.")
-            layers = list(self.prompt_layers)
-            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
-                raise ValueError(f"prompt_layers must be a non-empty list of layer indices >= 0, got {layers!r}.")
-            if len(set(layers)) != len(layers):
-                raise ValueError(f"prompt_layers has duplicates: {layers!r}.")
-            self.prompt_layers = sorted(layers)
+            self.prompt_layers = check_index_list("prompt_layers", self.prompt_layers)
 
     @property
     def effective_prompt_dropout(self) -> float:

@@ -47,11 +47,17 @@ class ExtraKeyValues:
     def num_tokens(self) -> int:
         return self.key.shape[2]
 
+    def keep_mask(self, batch: int) -> torch.Tensor:
+        """``(batch, tokens)`` bool: which extra tokens attention may use (all, unless ``keep`` says otherwise)."""
+        if self.keep is not None:
+            return self.keep.expand(batch, -1)
+        return torch.ones(batch, self.num_tokens, dtype=torch.bool, device=self.key.device)
+
     def cat(self, other: ExtraKeyValues) -> ExtraKeyValues:
         batch = max(self.key.shape[0], other.key.shape[0])
         keep = None
         if self.keep is not None or other.keep is not None:
-            keep = torch.cat([_keep_or_ones(self, batch), _keep_or_ones(other, batch)], dim=1)
+            keep = torch.cat([self.keep_mask(batch), other.keep_mask(batch)], dim=1)
         return ExtraKeyValues(
             torch.cat([self.key.expand(batch, -1, -1, -1), other.key.expand(batch, -1, -1, -1)], dim=2),
             torch.cat([self.value.expand(batch, -1, -1, -1), other.value.expand(batch, -1, -1, -1)], dim=2),
@@ -59,15 +65,9 @@ class ExtraKeyValues:
         )
 
 
-def _keep_or_ones(extra: ExtraKeyValues, batch: int) -> torch.Tensor:
-    if extra.keep is not None:
-        return extra.keep.expand(batch, -1)
-    return torch.ones(batch, extra.num_tokens, dtype=torch.bool, device=extra.key.device)
-
-
 @dataclass
 class KeyGroup:
-    """Samples of a mixed-task batch that attend over one key layout (see :mod:`vpt_peft.tuners.prompt.mixed`).
+    """Samples of a mixed-task batch that attend over one key layout (see :mod:`vpt_peft.engine.mixed`).
 
     ``rows`` (``(n,)``, ``None`` = the whole batch) are the samples; ``positions`` (``(T,)``, ``None`` = all)
     the sequence positions that are real tokens for them. Positions left out (padding slots other tasks'
@@ -90,13 +90,28 @@ def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
 
 
+def prompt_key_values(
+    prompts: torch.Tensor, norm: torch.nn.Module, attention: torch.nn.Module, k_proj: str, v_proj: str, head_dim: int
+) -> ExtraKeyValues:
+    """What a block's real tokens see of prompt tokens they attend to: the block's norm, then its own K/V projections.
+
+    This is exactly the prompts' contribution as keys/values when they sit in the sequence, which is why a block
+    whose prompt outputs are discarded can read them this way (the key-value fast path).
+    """
+    normed = norm(prompts)
+    return ExtraKeyValues(
+        split_heads(getattr(attention, k_proj)(normed), head_dim),
+        split_heads(getattr(attention, v_proj)(normed), head_dim),
+    )
+
+
 def _widen_mask(
     mask: Optional[torch.Tensor], extra: ExtraKeyValues, query: torch.Tensor, num_keys: int
 ) -> Optional[torch.Tensor]:
     if mask is None and extra.keep is None:
         return None
     batch, num_queries = query.shape[0], query.shape[2]
-    keep = _keep_or_ones(extra, batch)[:, None, None, :]
+    keep = extra.keep_mask(batch)[:, None, None, :]
     if mask is None:
         mask = torch.zeros(batch, 1, num_queries, num_keys, dtype=query.dtype, device=query.device)
     if mask.dtype == torch.bool:

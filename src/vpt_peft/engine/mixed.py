@@ -10,7 +10,7 @@ How one batch holds tasks with different prompts (the sequence length is one per
   (or none: ``__base__``, key-value-path tasks, layers before its task's first prompted layer) leaves the
   other slots as padding. Token-wise modules (norms, MLPs, projections) run on the padded batch; each
   attention runs once per *key layout* (tasks with the same number of real prompt tokens and extra keys)
-  on exactly the real positions of its samples (:class:`~vpt_peft.attention.KeyGroup`), so padding never
+  on exactly the real positions of its samples (:class:`~vpt_peft.engine.attention.KeyGroup`), so padding never
   enters a softmax, as a key or as a query. The slots are stripped at the end like ordinary prompts.
 * **Key-value prompts** (deep fast path, E2VPT): each task's extra keys/values are computed once and
   gathered per sample; tasks with different extra-key counts fall into different key layouts.
@@ -21,43 +21,63 @@ as one call, as a single-task batch does. Grouping is per task, never per sample
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from functools import partial
-from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Sequence
+from typing import Any, Optional, Protocol
 
 import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from ...attention import ExtraKeyValues, KeyGroup, _keep_or_ones, ensure_installed
+from .attention import ExtraKeyValues, KeyGroup, ensure_installed
+from .bank import PromptBank
+from .heads import BASE_ADAPTER, head_width
+from .tokens import widen_block_mask
 
-if TYPE_CHECKING:
-    from .layer import PromptAdapterLayer, PromptBank
 
-BASE_ADAPTER = "__base__"
+class PromptAdapterLayer(Protocol):
+    """What a mixed batch reads from a sidecar (:class:`vpt_peft.engine.sidecar.PromptAdapterLayer`)."""
+
+    banks: nn.ModuleDict
+    num_special_tokens: int
+    k_proj: str
+    v_proj: str
+    head_dims: list[int]
+    mixed_batch: Optional[MixedBatch]
 
 
 class MixedBatch:
     """Which sample runs which adapter, for one forward call (set on every prompt layer while it runs)."""
 
-    def __init__(self, adapter_names: Sequence[str], device: Optional[torch.device]) -> None:
+    def __init__(
+        self, adapter_names: Sequence[str], device: Optional[torch.device], pad_widths: Optional[dict] = None
+    ) -> None:
+        self.adapter_names = list(adapter_names)
+        self.pad_widths: dict[str, int] = pad_widths or {}  # head wrapper path -> the batch's widest head there
         self.names = list(dict.fromkeys(adapter_names))  # the batch's tasks, in order of first appearance
         index = {name: i for i, name in enumerate(self.names)}
-        self.task = torch.tensor([index[name] for name in adapter_names], device=device)  # (B,) task per sample
+        self.sample_tasks = [index[name] for name in adapter_names]  # task of each sample, as plain ints
+        self.task = torch.tensor(self.sample_tasks, device=device)  # (B,) task per sample
         self._layouts: dict[tuple, tuple] = {}
         self._row_tasks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def row_tasks(self, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(task of each attention row, each task's rows) for an attention call over ``rows`` rows.
 
-        Windowed attention (Swin) runs ``B * windows`` rows, sample-major; every other backbone ``B``.
+        Windowed attention (Swin) runs ``B * windows`` rows, sample-major; every other backbone ``B``. The index
+        tensors are built from the names in Python, not found in a tensor (``nonzero``), so their sizes are known
+        when tracing: a compiled model routes a mixed batch without a graph break.
         """
         if rows not in self._row_tasks:
-            if rows % len(self.task):
-                raise ValueError(f"An attention over {rows} rows cannot be split into {len(self.task)} samples.")
-            task = self.task.repeat_interleave(rows // len(self.task))
-            self._row_tasks[rows] = (task, [(task == i).nonzero().flatten() for i in range(len(self.names))])
+            batch = len(self.sample_tasks)
+            if rows % batch:
+                raise ValueError(f"An attention over {rows} rows cannot be split into {batch} samples.")
+            row_task = [task for task in self.sample_tasks for _ in range(rows // batch)]
+            device = self.task.device
+            task_rows = [
+                torch.tensor([r for r, t in enumerate(row_task) if t == i], dtype=torch.long, device=device)
+                for i in range(len(self.names))
+            ]
+            self._row_tasks[rows] = (torch.tensor(row_task, device=device), task_rows)
         return self._row_tasks[rows]
 
     def banks(self, layer: PromptAdapterLayer) -> list[Optional[PromptBank]]:
@@ -72,11 +92,8 @@ class MixedBatch:
         return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
 
     # ---------------------------------------------------------------------------------- sequence path
-    def layer_inputs(self, layer: PromptAdapterLayer, index: int, args: tuple, kwargs: dict, open_mask) -> Any:
-        """Open the slots at the first prompted block, then write each task's prompts into its samples' slots.
-
-        ``open_mask(args, kwargs, length, count, at)`` widens a mask the model built for the real tokens.
-        """
+    def layer_inputs(self, layer: PromptAdapterLayer, index: int, args: tuple, kwargs: dict) -> Any:
+        """Open the slots at the first prompted block, then write each task's prompts into its samples' slots."""
         slots, opening = self.sequence_slots(layer)
         if slots == 0 or index < opening:
             return None
@@ -85,9 +102,9 @@ class MixedBatch:
             padding = hidden.new_zeros(hidden.shape[0], slots, hidden.shape[2])
             hidden = torch.cat([hidden[:, :n], padding, hidden[:, n:]], dim=1)
         writers = [
-            (task, bank, bank.layer_slots[index])
+            (task, bank, bank.layer_rows[index])
             for task, bank in enumerate(self.banks(layer))
-            if bank is not None and bank.sequence_tokens and index in bank.layer_slots
+            if bank is not None and bank.sequence_tokens and index in bank.layer_rows
         ]
         if writers:
             table = hidden.new_zeros(len(self.names), slots, hidden.shape[2])
@@ -97,7 +114,7 @@ class MixedBatch:
                 write[task, : bank.num_prompts] = True
             region = torch.where(write[self.task][..., None], table[self.task], hidden[:, n : n + slots])
             hidden = torch.cat([hidden[:, :n], region, hidden[:, n + slots :]], dim=1)
-        return open_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - slots, slots, n)
+        return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - slots, slots, n)
 
     # ---------------------------------------------------------------------------------- attention
     def key_groups(
@@ -150,76 +167,45 @@ class MixedBatch:
         if len(tasks) == 1:
             return chosen[0]  # batch 1: broadcast over the task's samples, as a single-task batch does
         row_task, task_rows = self.row_tasks(rows)
-        counts = torch.tensor([len(task_rows[t]) for t in tasks], device=self.task.device)
-        local = torch.repeat_interleave(torch.arange(len(tasks), device=self.task.device), counts)
         if len(tasks) == len(self.names):
             local = row_task  # rows in batch order
+        else:  # the layout's rows, task after task: position i of task j's block is row j (sizes known in Python)
+            blocks = [[j] * len(task_rows[t]) for j, t in enumerate(tasks)]
+            local = torch.tensor([j for block in blocks for j in block], device=self.task.device)
         key = torch.cat([e.key for e in chosen])[local]
         value = torch.cat([e.value for e in chosen])[local]
         keep = None
         if any(e.keep is not None for e in chosen):
-            keep = torch.cat([_keep_or_ones(e, 1) for e in chosen])[local]
+            keep = torch.cat([e.keep_mask(1) for e in chosen])[local]
         return ExtraKeyValues(key, value, keep)
 
 
-# -------------------------------------------------------------------------------------- heads
-def head_width(wrapper: ModulesToSaveWrapper, name: str) -> Optional[int]:
-    module = wrapper.original_module if name == BASE_ADAPTER else wrapper.modules_to_save[name]
-    return getattr(module, "out_features", None)
-
-
-def _pass_adapter_names(adapter_names: list[str], module: nn.Module, args: tuple, kwargs: dict):
-    return args, {**kwargs, "adapter_names": adapter_names}
-
-
-def _pad_logits(width: int, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return nn.functional.pad(output, (0, width - output.shape[-1]), value=float("-inf"))
-
-
-@contextmanager
-def serve_mixed_batch(
-    model: nn.Module,
-    layers: list[PromptAdapterLayer],
-    adapter_names: Sequence[str],
-    known: Sequence[str],
-    args: tuple,
-    kwargs: dict,
-) -> Iterator[None]:
-    """Validate ``adapter_names``, then run one forward with per-sample prompts and heads."""
+def plan_mixed_batch(
+    model: nn.Module, adapter_names: Sequence[str], known: Sequence[str], args: tuple, kwargs: dict
+) -> MixedBatch:
+    """Validate ``adapter_names`` against the model and the batch; the plan every hook reads while the batch runs."""
     adapter_names = _check_names(adapter_names, known, args, kwargs)
     if model.training:
         raise ValueError("adapter_names (mixed-task batches) is for inference: call model.eval() first.")
-    wrappers = [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
-    handles = []
-    try:
-        for wrapper in wrappers:
-            missing = [n for n in set(adapter_names) - {BASE_ADAPTER} if n not in wrapper.modules_to_save]
-            if missing:
-                raise ValueError(
-                    f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}."
-                )
-            handles.append(
-                wrapper.register_forward_pre_hook(partial(_pass_adapter_names, adapter_names), with_kwargs=True)
+    pad_widths = {}
+    for path, wrapper in model.named_modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        missing = [n for n in set(adapter_names) - {BASE_ADAPTER} if n not in wrapper.modules_to_save]
+        if missing:
+            raise ValueError(
+                f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}."
             )
-            widths = {head_width(wrapper, name) for name in adapter_names}
-            if len(widths) > 1 and None not in widths:
-                if kwargs.get("labels") is not None:
-                    raise ValueError(
-                        f"The tasks in this batch have heads of different sizes {sorted(widths)}; the model cannot "
-                        "compute one loss over them. Drop labels and compute each task's loss from its logits."
-                    )
-                heads = [wrapper.original_module, *wrapper.modules_to_save.values()]
-                handles += [head.register_forward_hook(partial(_pad_logits, max(widths))) for head in heads]
-        device = next((p.device for p in model.parameters()), None)
-        plan = MixedBatch(adapter_names, device)
-        for layer in layers:
-            layer.mixed_batch = plan
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for layer in layers:
-            layer.mixed_batch = None
+        widths = {head_width(wrapper, name) for name in adapter_names}
+        if len(widths) > 1 and None not in widths:
+            if kwargs.get("labels") is not None:
+                raise ValueError(
+                    f"The tasks in this batch have heads of different sizes {sorted(widths)}; the model cannot "
+                    "compute one loss over them. Drop labels and compute each task's loss from its logits."
+                )
+            pad_widths[path] = max(widths)
+    device = next((p.device for p in model.parameters()), None)
+    return MixedBatch(adapter_names, device, pad_widths)
 
 
 def _check_names(adapter_names: Any, known: Sequence[str], args: tuple, kwargs: dict) -> list[str]:
@@ -236,13 +222,3 @@ def _check_names(adapter_names: Any, known: Sequence[str], args: tuple, kwargs: 
     if isinstance(pixels, torch.Tensor) and len(pixels) != len(adapter_names):
         raise ValueError(f"adapter_names has {len(adapter_names)} names for a batch of {len(pixels)} samples.")
     return adapter_names
-
-
-def split_logits(logits: torch.Tensor, adapter_names: Sequence[str], model: nn.Module) -> list[torch.Tensor]:
-    """Each sample's logits at its task's size: row ``i`` of a mixed batch cut to its head's classes.
-
-    A mixed batch whose tasks have heads of different sizes returns logits padded to the widest head with
-    ``-inf`` (so ``argmax``/``softmax`` need no cutting); this undoes the padding.
-    """
-    wrapper = next(m for m in model.modules() if isinstance(m, ModulesToSaveWrapper))
-    return [row[: head_width(wrapper, name)] for row, name in zip(logits, adapter_names)]

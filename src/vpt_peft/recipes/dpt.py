@@ -1,4 +1,5 @@
-"""Training helpers: the epoch callback for the warm-up, the official optimizer and schedule, few-shot sampling."""
+"""DPT's recipe (the reference's Dassl solver): the epoch callback for the warm-up, the official optimizer and
+schedule, few-shot sampling."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..engine.tuner import PromptTuner
+from .roles import parameter_roles
+
 
 def _tuner(model: nn.Module):
-    from .model import DualPromptModel
-
-    tuner = next((m for m in model.modules() if isinstance(m, DualPromptModel)), None)
+    """The tuner that keeps an epoch (DPT's), found by what it does rather than by its class."""
+    tuner = next((m for m in model.modules() if isinstance(m, PromptTuner) and hasattr(m, "set_epoch")), None)
     if tuner is None:
         raise TypeError(f"{type(model).__name__} has no DPT adapter (get_peft_model(clip, DualPromptConfig(...))).")
     return tuner
@@ -38,9 +41,10 @@ def dual_prompt_parameter_groups(
 ) -> list[dict]:
     """The reference's three optimizers as two parameter groups: [visual prompts + CAVPT, text context]."""
     visual, text = [], []
+    roles = parameter_roles(model)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (text if ".dpt_text." in name else visual).append(param)
+            (text if roles[name] == "text_prompt" else visual).append(param)
     groups = [
         dict(params=visual, lr=lr_visual, weight_decay=weight_decay, name="visual"),
         dict(params=text, lr=lr_text, weight_decay=weight_decay, name="text"),
@@ -78,6 +82,21 @@ def dual_prompt_scheduler(
         return at
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g) for g in optimizer.param_groups])
+
+
+def dual_prompt_training(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    batch_size: int,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, list]:
+    """DPT's recipe for a Trainer run: its own learning rates, warm-up and epoch callback (the VPT-style
+    ``base_lr``/``weight_decay``/``warmup_epochs`` do not apply)."""
+    optimizer = dual_prompt_optimizer(model)
+    return optimizer, dual_prompt_scheduler(optimizer, epochs, steps_per_epoch), [DualPromptEpochCallback()]
 
 
 def few_shot_subset(dataset: Any, shots: int, label_column: str = "label", seed: int = 0) -> Any:

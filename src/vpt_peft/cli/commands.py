@@ -1,4 +1,4 @@
-"""What the ``vpt-peft`` subcommands do (the argument parsing lives in :mod:`vpt_peft.cli`).
+"""What the ``vpt-peft`` subcommands do (the argument parsing lives in :mod:`vpt_peft.cli.parser`).
 
 The Trainer pitfalls are handled here once: the raw ``image`` column reaches the collator because
 ``remove_unused_columns=False`` (with ``with_transform`` the Trainer would drop it and fail with
@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import recipes
-from .cli import CLIError, read_labels, steps_per_epoch, write_labels
-from .data import ImageClassificationCollator, accuracy, image_processor_for, load_image_dataset
+from .. import recipes
+from ..atomic import staged_save
+from ..data import ImageClassificationCollator, accuracy, image_processor_for, load_image_dataset
+from .io import CLIError, read_labels, read_run_info, steps_per_epoch, write_labels
+
+CONFIG_FLAGS = ("num_prompts", "fourier_ratio", "num_kv_prompts")
+"""CLI flags that set a config field of the same name (or the recipe's alias for it)."""
 
 
 def run(args: argparse.Namespace) -> None:
@@ -26,33 +30,38 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _peft_config(args: argparse.Namespace, labels: list[str]):
-    if args.method == "dpt":  # CLIP with class-name text prompts; the released batch size is 32
-        import vpt_peft
-
-        if args.fourier_ratio is not None or args.num_kv_prompts is not None or args.preset:
-            raise CLIError("--fourier-ratio, --num-kv-prompts and --preset do not apply to --method dpt")
-        extra = {"visual_n_ctx": args.num_prompts} if args.num_prompts is not None else {}
-        return vpt_peft.DualPromptConfig(class_names=labels, tokenizer_name_or_path=args.model, **extra), 32
-    preset = recipes.preset(args.method, task=args.preset)
-    overrides = {
-        "num_prompts": args.num_prompts,
-        "fourier_ratio": args.fourier_ratio,
-        "num_kv_prompts": args.num_kv_prompts,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    unknown = {"fourier_ratio": "vfpt", "num_kv_prompts": "e2vpt"}
-    for key, method in unknown.items():
-        if key in overrides and args.method != method:
-            raise CLIError(f"--{key.replace('_', '-')} only applies to --method {method}")
+    """The recipe's preset config with the command line's overrides; flags the method has no field for are refused."""
+    recipe = recipes.get_recipe(args.method)
+    preset = recipe.presets(args.preset)
+    fields = set(recipe.config_cls.__dataclass_fields__)
+    overrides = {}
+    for flag in CONFIG_FLAGS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        name = recipe.field_aliases.get(flag, flag)
+        if name not in fields:
+            owners = [r.name for r in recipes.RECIPES.values() if flag in r.config_cls.__dataclass_fields__]
+            raise CLIError(f"--{flag.replace('_', '-')} only applies to --method {' or '.join(owners)}")
+        overrides[name] = value
+    context = {"class_names": labels, "tokenizer_name_or_path": args.model}  # what a text-prompt method needs
+    overrides.update({k: v for k, v in context.items() if k in fields})
     return preset.make_config(**overrides), preset.batch_size
 
 
 def _load_model(path: str, labels: list[str], method: str):
-    """The base model: a ``CLIPModel`` for DPT (its text tower is the classifier), else a classifier with a new head."""
-    from transformers import AutoModelForImageClassification, CLIPModel
+    """The base model the recipe asks for: a dual encoder (classes are text prompts) or a classifier with a new head."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-    if method == "dpt":
-        return CLIPModel.from_pretrained(path)
+    recipe = recipes.RECIPES.get(method)  # an adapter folder from an older run may not name its method
+    if recipe is not None and recipe.base_model == "dual-encoder":
+        config = AutoConfig.from_pretrained(path)
+        if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
+            raise CLIError(
+                f"--method {method} needs a CLIP-like checkpoint (a text and a vision tower); {path} is a "
+                f"{config.model_type!r} model. Use a vision method (e.g. --method vpt-deep) for it."
+            )
+        return AutoModel.from_pretrained(path)
     return AutoModelForImageClassification.from_pretrained(
         path,
         num_labels=len(labels),
@@ -86,18 +95,9 @@ def train(args: argparse.Namespace) -> None:
     processor = image_processor_for(args.model, _image_size(model))
     per_epoch = steps_per_epoch(len(train_set), batch_size)
     total_epochs = max(1, round(args.epochs))
-    callbacks = []
-    if args.method == "dpt":  # DPT's own recipe (two lr groups, Dassl warm-up) and its epoch-aware loss
-        from .tuners.dpt import DualPromptEpochCallback, dual_prompt_optimizer, dual_prompt_scheduler
-
-        optimizer = dual_prompt_optimizer(model)
-        scheduler = dual_prompt_scheduler(optimizer, total_epochs, per_epoch)
-        callbacks.append(DualPromptEpochCallback())
-    else:
-        optimizer = recipes.make_optimizer(model, args.lr, args.weight_decay, batch_size)
-        scheduler = recipes.step_scheduler(
-            optimizer, per_epoch, min(args.warmup_epochs, total_epochs - 1), total_epochs
-        )
+    optimizer, scheduler, callbacks = recipes.get_recipe(args.method).training(
+        model, args.lr, args.weight_decay, batch_size, per_epoch, total_epochs, args.warmup_epochs
+    )
     training_args = TrainingArguments(
         output_dir=str(args.output),
         per_device_train_batch_size=batch_size,
@@ -134,19 +134,21 @@ def train(args: argparse.Namespace) -> None:
     )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     metrics = trainer.evaluate()
-    model.save_pretrained(args.output)
-    processor.save_pretrained(args.output)
-    write_labels(
-        args.output,
-        labels,
-        {
-            "base_model": args.model,
-            "dataset": args.dataset,
-            "method": args.method,
-            "image_column": image_column,
-            "label_column": label_column,
-        },
-    )
+    # One transaction: a crash leaves the previous adapter, processor and labels, or all the new ones.
+    with staged_save(args.output, keep=("README.md",)) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        write_labels(
+            staging,
+            labels,
+            {
+                "base_model": args.model,
+                "dataset": args.dataset,
+                "method": args.method,
+                "image_column": image_column,
+                "label_column": label_column,
+            },
+        )
     print(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}; adapter saved to {args.output}")
 
 
@@ -156,7 +158,7 @@ def _load_adapter(folder: Path):
     if not (folder / "adapter_config.json").exists():
         raise CLIError(f"{folder} is not an adapter folder (no adapter_config.json)")
     labels = read_labels(folder)
-    method = json.loads((folder / "labels.json").read_text()).get("method", "")
+    method = read_run_info(folder).get("method", "")
     base = PeftConfig.from_pretrained(folder).base_model_name_or_path
     model = PeftModel.from_pretrained(_load_model(base, labels, method), folder).eval()
     processor = image_processor_for(str(folder), _image_size(model))

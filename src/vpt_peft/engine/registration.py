@@ -1,4 +1,8 @@
-"""Registration of vpt_peft's methods with peft.
+"""Registration of vpt_peft's methods with peft, and the registry every other part of the library reads.
+
+A method registers itself from its own package (``tuners/<method>/__init__.py``): :func:`register_method` makes
+it a peft method and lists it in :data:`METHODS`; its recipes (presets, CLI names) register with
+:func:`vpt_peft.recipes.register_recipe`. Nothing outside the method's folder names it.
 
 peft keys everything (config class, tuner class, prefix) on members of its closed ``PeftType`` enum and
 offers no plugin entry point. We add members at import time and fill peft's four mapping tables, the same
@@ -10,6 +14,8 @@ fails with ``KeyError: 'VPT (requires: import vpt_peft)'`` instead of a bare ``K
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from peft.mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
@@ -40,6 +46,19 @@ def extend_peft_type(name: str) -> PeftType:
     return member
 
 
+@dataclass(frozen=True)
+class Method:
+    """A registered prompt method: its peft type, config class and tuner class."""
+
+    peft_type: PeftType
+    config_cls: type
+    tuner_cls: type
+
+
+METHODS: dict[str, Method] = {}
+"""Every registered method by lower-case name (``"vpt"``, ``"vfpt"``, ...), in order of registration."""
+
+
 def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
     """Make ``name`` a peft method: ``get_peft_model``/``PeftModel.from_pretrained`` then find our classes."""
     peft_type = extend_peft_type(name)
@@ -51,4 +70,5 @@ def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
     PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = model_cls
     PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = prefix
     PEFT_TYPE_TO_MIXED_MODEL_MAPPING.pop(peft_type, None)
+    METHODS[name.lower()] = Method(peft_type, config_cls, model_cls)
     return peft_type

@@ -5,7 +5,7 @@ Keeping the index arithmetic here, once, lets every hook read like the method it
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -39,3 +39,18 @@ def open_prompt_slots(mask: Optional[torch.Tensor], count: int, at: int) -> Opti
     mask = torch.cat([mask[..., :at, :], mask.new_full((*lead, count, k), fill), mask[..., at:, :]], dim=-2)
     cols = mask.new_full((*lead, q + count, count), fill)
     return torch.cat([mask[..., :at], cols, mask[..., at:]], dim=-1)
+
+
+def widen_block_mask(args: tuple, kwargs: dict, length: int, count: int, at: int) -> tuple[tuple, dict]:
+    """Open prompt slots in a block's attention mask that the model built for ``length`` real tokens."""
+
+    def widen(mask: Any) -> Any:
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] == length:
+            return open_prompt_slots(mask, count, at)
+        return mask
+
+    if len(args) > 1:
+        return (args[0], widen(args[1]), *args[2:]), kwargs
+    if "attention_mask" in kwargs:
+        kwargs = {**kwargs, "attention_mask": widen(kwargs["attention_mask"])}
+    return args, kwargs

@@ -1,4 +1,4 @@
-"""``vpt-peft``: train, evaluate, inspect and apply visual-prompt adapters from the command line.
+"""``vpt-peft`` argument parsing and entry point: train, evaluate, inspect and apply adapters from a shell.
 
 ``train`` runs the HF ``Trainer`` (progress bars, logging, per-epoch checkpoints, ``--resume``) with the
 papers' optimiser (:mod:`vpt_peft.recipes`) on a Hub dataset, a local image folder or the built-in digits,
@@ -9,27 +9,21 @@ and writes the adapter plus ``labels.json`` and the image processor, which ``eva
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import NoReturn, Optional
 
 import vpt_peft
 
-from . import recipes
-
-LABELS_FILE = "labels.json"
-
-
-class CLIError(Exception):
-    """A user-facing problem: printed as one line, exit status 1."""
+from .. import recipes
+from .commands import run
+from .io import CLIError
 
 
 def _methods() -> tuple[str, ...]:
-    """The --method choices; ``dpt`` only once the installed vpt_peft has ``DualPromptConfig``."""
-    return recipes.METHODS + (("dpt",) if hasattr(vpt_peft, "DualPromptConfig") else ())
+    """The --method choices: every registered recipe (methods register their own)."""
+    return recipes.recipe_names()
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -47,10 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _method(value: str) -> str:
-    if value == "dpt" and "dpt" not in _methods():
-        raise argparse.ArgumentTypeError(
-            "method 'dpt' needs vpt_peft.DualPromptConfig, which this version does not have"
-        )
     if value not in _methods():
         raise argparse.ArgumentTypeError(f"invalid method {value!r}; choose from {', '.join(_methods())}")
     return value
@@ -59,7 +49,7 @@ def _method(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vpt-peft",
-        description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT).",
+        description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT, DPT).",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"vpt-peft {vpt_peft.__version__}")
@@ -86,9 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-prompts", type=int, help="prompt tokens per layer (default: the preset's)")
     train.add_argument("--fourier-ratio", type=float, help="VFPT: share of Fourier prompts (default: the preset's)")
     train.add_argument("--num-kv-prompts", type=int, help="E2VPT: key-value prompts per layer (default: the preset's)")
-    train.add_argument("--epochs", type=float, default=100, help="training epochs (the papers: 100)")
     train.add_argument(
-        "--warmup-epochs", type=int, default=10, help="linear warm-up epochs, starting at lr 0 (not dpt)"
+        "--epochs", type=float, default=recipes.EPOCHS, help=f"training epochs (the papers: {recipes.EPOCHS})"
+    )
+    train.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=recipes.WARMUP_EPOCHS,
+        help="linear warm-up epochs, starting at lr 0 (not dpt)",
     )
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     train.add_argument("--batch-size", type=int, help="per-device batch (default: the preset's, 64 or 128)")
@@ -125,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``vpt-peft`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .cli_commands import run
 
     try:
         run(args)
@@ -137,23 +131,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"vpt-peft: error: {type(error).__name__}: {first}", file=sys.stderr)
         return 1
     return 0
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return max(1, math.ceil(num_examples / batch_size))
-
-
-def read_labels(adapter: Path) -> list[str]:
-    path = adapter / LABELS_FILE
-    if not path.exists():
-        raise CLIError(f"{adapter} has no {LABELS_FILE}: point at a folder written by 'vpt-peft train'")
-    return json.loads(path.read_text())["labels"]
-
-
-def write_labels(folder: Path, labels: list[str], extra: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LABELS_FILE).write_text(json.dumps({"labels": labels, **extra}, indent=2))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import recipes
+from .. import recipes
+from ..atomic import new_folder
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,7 +105,7 @@ def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Option
     """
     from transformers import ViTConfig, ViTForImageClassification
 
-    from .data import digits_task
+    from .digits import digits_task
 
     folder = folder or cache_dir() / f"digits-vit-{image_size}px-{epochs}ep"
     if not (folder / "config.json").exists():
@@ -133,7 +134,8 @@ def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Option
             desc="pretraining the foundation model",
             optimizer_fn=adamw,
         )
-        model.save_pretrained(folder)
+        with new_folder(folder) as staging:  # the cache appears complete or not at all
+            model.save_pretrained(staging)
     return ViTForImageClassification.from_pretrained(folder).eval(), folder
 
 
