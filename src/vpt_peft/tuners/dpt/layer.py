@@ -94,7 +94,17 @@ class DualPromptVisionBank(PromptBank):
             return None
         return self.prompts(slot, hidden.shape[0], hidden.dtype)
 
-    def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
+    def extra_key_values(
+        self,
+        layer_index: int,
+        norm: nn.Module,
+        attention: nn.Module,
+        batch_size: int,
+        dtype: torch.dtype,
+        k_proj: str,
+        v_proj: str,
+        head_dim: int,
+    ) -> ExtraKeyValues | None:
         tokens = self.class_tokens.get(layer_index)
         if tokens is None:
             return super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
