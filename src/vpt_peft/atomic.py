@@ -310,7 +310,7 @@ def _atomic_save_pretrained(original: Callable[..., None]) -> Callable[..., None
     signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """peft's ``PeftModel.save_pretrained``, made crash-safe for vpt_peft adapters (see vpt_peft.atomic).
 
         Why a wrapper around peft's method, not an override in the tuner: ``PeftModel.save_pretrained`` does

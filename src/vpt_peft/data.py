@@ -17,7 +17,9 @@ import torch
 from .demo.digits import DEFAULT_MEAN, DEFAULT_STD, digits_dataset
 
 
-def load_image_dataset(source: str, eval_split: Optional[str] = None, test_size: float = 0.2, seed: int = 0):
+def load_image_dataset(
+    source: str, eval_split: Optional[str] = None, test_size: float = 0.2, seed: int = 0
+) -> tuple[Any, Any, str, str, list[str]]:
     """``(train, eval, image_column, label_column, label_names)`` for a Hub id, a local folder, or ``digits[:task]``.
 
     A folder goes through the ``imagefolder`` builder (class sub-folders, optional train/test split folders).
@@ -67,7 +69,7 @@ def _folder_layout_problem(root: Path) -> str:
     return f"{parent} has one class sub-folder ({classes[0]!r}); a classifier needs at least two classes: {layout}."
 
 
-def image_processor_for(model_path: str, image_size: int):
+def image_processor_for(model_path: str, image_size: int) -> Any:
     """The model's own image processor, else a documented default: resize to ``image_size``, mean/std 0.5."""
     from transformers import AutoImageProcessor, ViTImageProcessor
 

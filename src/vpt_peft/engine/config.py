@@ -47,7 +47,9 @@ class AdapterFolderConfig(PeftConfig):
     """A config that checks the folder it is read from (weights present, safetensors only) before peft loads it."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any
+    ) -> AdapterFolderConfig:
         folder = Path(pretrained_model_name_or_path, subfolder or "")
         if folder.is_dir():
             check_adapter_folder(folder)

@@ -31,7 +31,7 @@ from torch import nn
 from .attention import ExtraKeyValues, KeyGroup, ensure_installed
 from .bank import PromptBank
 from .heads import BASE_ADAPTER, head_width
-from .tokens import widen_block_mask
+from .tokens import insert_prompts, replace_prompts, widen_block_mask
 
 
 class PromptAdapterLayer(Protocol):
@@ -43,6 +43,57 @@ class PromptAdapterLayer(Protocol):
     v_proj: str
     head_dims: list[int]
     mixed_batch: Optional[MixedBatch]
+
+
+class SingleTaskPlan:
+    """A forward with one adapter for the whole batch (or none: disabled): what every ordinary call runs.
+
+    A plan answers the sidecar's hooks: what enters a block (:meth:`layer_inputs`), which extra keys/values an
+    attention gets (:meth:`extra_key_values`), how many prompt slots the sequence holds (:meth:`sequence_slots`).
+    :class:`MixedBatch` answers the same questions for a batch whose samples run different adapters.
+    """
+
+    def __init__(self, bank: Optional[PromptBank]) -> None:
+        self.bank = bank
+
+    def sequence_slots(self, layer: PromptAdapterLayer) -> tuple[int, int]:
+        """(prompt slots in the sequence, the block that opens them); (0, -1) when none."""
+        bank = self.bank
+        return (0, -1) if bank is None or not bank.sequence_tokens else (bank.sequence_tokens, bank.first_layer)
+
+    def layer_inputs(self, layer: PromptAdapterLayer, index: int, block: nn.Module, args: tuple, kwargs: dict) -> Any:
+        """Insert the prompts at the first prompted block, overwrite them at every later one."""
+        bank = self.bank
+        if bank is None:
+            return None
+        checkpointed = getattr(block, "gradient_checkpointing", False) and block.training
+        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
+            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
+            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
+            args = (args[0].detach().requires_grad_(), *args[1:])
+        p, n = bank.sequence_tokens, layer.num_special_tokens
+        if p == 0 or index < bank.first_layer:
+            return args, kwargs
+        hidden = args[0]
+        row = bank.layer_rows.get(index)
+        if row is not None:
+            prompts = bank.prompts(row, hidden.shape[0], hidden.dtype)
+            splice = insert_prompts if index == bank.first_layer else replace_prompts
+            hidden = splice(hidden, prompts, at=n)
+        return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
+
+    def extra_key_values(
+        self, layer: PromptAdapterLayer, index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
+    ) -> Optional[ExtraKeyValues]:
+        """The bank's extra keys/values for block ``index`` (key-value prompts, the fast path), if any."""
+        if self.bank is None:
+            return None
+        extra = self.bank.extra_key_values(
+            index, norm, attention, hidden.shape[0], hidden.dtype, layer.k_proj, layer.v_proj, layer.head_dims[index]
+        )
+        if extra is not None:
+            ensure_installed(attention.config)
+        return extra
 
 
 class MixedBatch:
@@ -92,7 +143,7 @@ class MixedBatch:
         return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
 
     # ---------------------------------------------------------------------------------- sequence path
-    def layer_inputs(self, layer: PromptAdapterLayer, index: int, args: tuple, kwargs: dict) -> Any:
+    def layer_inputs(self, layer: PromptAdapterLayer, index: int, block: nn.Module, args: tuple, kwargs: dict) -> Any:
         """Open the slots at the first prompted block, then write each task's prompts into its samples' slots."""
         slots, opening = self.sequence_slots(layer)
         if slots == 0 or index < opening:
@@ -117,7 +168,7 @@ class MixedBatch:
         return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - slots, slots, n)
 
     # ---------------------------------------------------------------------------------- attention
-    def key_groups(
+    def extra_key_values(
         self, layer: PromptAdapterLayer, index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
     ) -> Optional[list[KeyGroup]]:
         """The key layouts of block ``index``'s attention, or ``None`` when it is the base model's for all."""

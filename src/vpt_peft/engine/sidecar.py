@@ -21,13 +21,13 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .attention import EXTRA_KV_ATTRIBUTE, ensure_installed, set_extra_key_values
+from .attention import EXTRA_KV_ATTRIBUTE, set_extra_key_values
 from .backbones import Backbone, get_path
 from .bank import PromptBank
 from .checks import check_pixel_values
 from .config import PromptConfigBase
-from .mixed import MixedBatch
-from .tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts, widen_block_mask
+from .mixed import MixedBatch, SingleTaskPlan
+from .tokens import open_prompt_slots, strip_prompts
 from .windows import WindowedPrompts
 
 SIDECAR_NAME = "prompt_adapter"
@@ -166,49 +166,20 @@ class PromptAdapterLayer(SidecarLayer):
         backbone.module.register_forward_pre_hook(self._backbone_input_hook, with_kwargs=True)
         backbone.module.register_forward_hook(self._backbone_output_hook)
 
+    def plan(self) -> SingleTaskPlan | MixedBatch:
+        """What the running forward computes: a mixed-task batch's plan, or the active adapter's (or none)."""
+        return self.mixed_batch if self.mixed_batch is not None else SingleTaskPlan(self.active_bank())
+
     def prompt_slots(self) -> int:
         """Prompt slots in the residual stream of the running forward, stripped from what the model returns."""
-        if self.mixed_batch is not None:
-            return self.mixed_batch.sequence_slots(self)[0]
-        bank = self.active_bank()
-        return 0 if bank is None else bank.sequence_tokens
+        return self.plan().sequence_slots(self)[0]
 
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
-        if self.mixed_batch is not None:
-            return self.mixed_batch.layer_inputs(self, index, args, kwargs)
-        bank = self.active_bank()
-        if bank is None:
-            return None
-        checkpointed = getattr(module, "gradient_checkpointing", False) and module.training
-        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
-            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
-            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
-            args = (args[0].detach().requires_grad_(), *args[1:])
-        p, n = bank.sequence_tokens, self.num_special_tokens
-        if p == 0 or index < bank.first_layer:
-            return args, kwargs
-        hidden = args[0]
-        slot = bank.layer_rows.get(index)
-        if slot is not None:
-            prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype)
-            splice = insert_prompts if index == bank.first_layer else replace_prompts
-            hidden = splice(hidden, prompts, at=n)
-        return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
+        return self.plan().layer_inputs(self, index, module, args, kwargs)
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if self.mixed_batch is not None:
-            set_extra_key_values(module, self.mixed_batch.key_groups(self, index, norm, module, hidden))
-            return None
-        bank = self.active_bank()
-        extra = None
-        if bank is not None:
-            extra = bank.extra_key_values(
-                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dims[index]
-            )
-        if extra is not None:
-            ensure_installed(module.config)
-        set_extra_key_values(module, extra)
+        set_extra_key_values(module, self.plan().extra_key_values(self, index, norm, module, hidden))
         return None
 
     def _attention_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -220,12 +191,8 @@ class PromptAdapterLayer(SidecarLayer):
 
     def _bias_hook(self, index: int, module: nn.Module, args: tuple, bias: torch.Tensor):
         """Relative position biases are built for the real tokens: prompts get zero bias (no position)."""
-        if self.mixed_batch is not None:
-            count, opening = self.mixed_batch.sequence_slots(self)
-            count = count if 0 <= opening <= index else 0
-        else:
-            bank = self.active_bank()
-            count = 0 if bank is None or index < bank.first_layer else bank.sequence_tokens
+        count, opening = self.plan().sequence_slots(self)
+        count = count if 0 <= opening <= index else 0
         return open_prompt_slots(bias, count, at=self.num_special_tokens) if count else None
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):

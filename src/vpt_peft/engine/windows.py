@@ -165,8 +165,9 @@ class WindowedPrompts:
             bank = self.sidecar.active_bank()
             return [] if bank is None else [_Task(bank, None, batch)]
         tasks = []
+        task_samples = mixed.row_tasks(len(mixed.sample_tasks))[1]  # index tensors built from the names
         for task, bank in enumerate(mixed.banks(self.sidecar)):
-            samples = (mixed.task == task).nonzero().flatten().to(device)
+            samples = task_samples[task].to(device)
             tasks.append(_Task(bank, samples, len(samples)))
         return tasks
 
