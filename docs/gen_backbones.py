@@ -54,7 +54,7 @@ def row(model_type: str, spec: BackboneSpec) -> list[str]:
         f"{_code(spec.attention)} ({_code(spec.attention_norm)}; {_code(spec.k_proj)}, {_code(spec.v_proj)})",
         _code(spec.final_norm) if spec.final_norm else "none",
         _code(spec.relative_position_bias) if spec.relative_position_bias else "none",
-        "sequence tokens or keys/values" if spec.prompts_in_sequence else "keys/values in every window",
+        "sequence tokens or keys/values" if spec.prompts_in_sequence else "tokens in every window, carried beside",
         notes or "-",
     ]
 

@@ -63,9 +63,9 @@ class BackboneCase:
     backbone: str  # attribute path of the backbone inside the model ("" = the model itself)
     num_special: int
     layout: Optional[Layout] = None  # None: no hand-written reference (relative biases, windows)
-    in_sequence: bool = True  # the in-sequence prompt path exists
     classifier: bool = True
     dual_encoder: bool = False  # a CLIP-like model with a text tower: dual-encoder recipes run here
+    reentrant_checkpointing: bool = True  # False: refused (prompts travel beside the checkpointed blocks)
     text_inputs: Optional[Callable[[], dict]] = None  # what the model's own forward needs besides pixels
 
 
@@ -183,7 +183,7 @@ CASES = [
     ),
     BackboneCase("beit", lambda: _beit(use_relative_position_bias=True), "beit", 1),
     BackboneCase("beit-shared-bias", lambda: _beit(use_shared_relative_position_bias=True), "beit", 1),
-    BackboneCase("swin", _swin, "swin", 0, in_sequence=False),
+    BackboneCase("swin", _swin, "swin", 0, reentrant_checkpointing=False),
 ]
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -244,10 +244,8 @@ def method_case(name: str) -> MethodCase:
 
 
 def supports(case: BackboneCase, method: MethodCase) -> bool:
-    """Dual-encoder recipes need a dual-encoder row; the in-sequence path needs a backbone that attends globally."""
-    if method.dual_encoder and not case.dual_encoder:
-        return False
-    return case.in_sequence or method.fields().get("prompt_path") != "sequence"
+    """Dual-encoder recipes need a dual-encoder row; the vision-classifier recipes run on every row."""
+    return case.dual_encoder or not method.dual_encoder
 
 
 def matrix(select: Callable[[BackboneCase, MethodCase], bool] = lambda case, method: True) -> list:

@@ -128,7 +128,7 @@ def test_vision_prompts_match_the_independent_reference(case: BackboneCase, meth
 
 def _has_both_paths(case: BackboneCase, method: MethodCase) -> bool:
     """A registered method whose adapter can take either prompt path on this backbone."""
-    if not case.in_sequence or method.overrides or "prompt_path" not in method.recipe.config_cls.__dataclass_fields__:
+    if method.overrides or "prompt_path" not in method.recipe.config_cls.__dataclass_fields__:
         return False
     try:
         method.config(prompt_path="kv")
@@ -174,12 +174,6 @@ def test_prompts_change_only_the_layers_from_their_own_on(case: BackboneCase, pi
     for want, got in zip(base.hidden_states[:-1], prompted.hidden_states[:-1]):
         assert torch.equal(got, want)
     assert not torch.allclose(prompted.logits, base.logits)
-
-
-def test_swin_refuses_the_sequence_path_clearly():
-    swin = next(c for c in CASES if c.name == "swin")
-    with pytest.raises(ValueError, match="windows"):
-        get_peft_model(build(swin), VisualPromptConfig(num_prompts=2, deep=True, prompt_path="sequence"))
 
 
 def test_swin_stores_one_prompt_tensor_per_stage_width():

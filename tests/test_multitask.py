@@ -289,13 +289,11 @@ def test_vpt_written_as_the_other_methods_is_vpt_bit_for_bit(deep, pixels):
         ]
     for config in configs:
         other = get_peft_model(tiny_vit(), config).eval()
-        state = {
-            k.replace("vpt_prompts", other.base_model.tuner_layer_cls.adapter_layer_names[0]): v
-            for k, v in vpt.state_dict().items()
-        }
-        missing = other.load_state_dict(state, strict=False).missing_keys
-        new = ("kv_prompts", "_gates")  # (L, 0, d) key-value prompts; gates left at their init
-        assert not [k for k in missing if "prompt" in k and not k.endswith(new)]
+        bank_name = other.base_model.tuner_layer_cls.adapter_layer_names[0]
+        renamed = {k.replace("vpt_prompts", bank_name): v for k, v in vpt.state_dict().items()}
+        state = other.state_dict()
+        assert renamed.keys() <= state.keys()  # the rest: (L, 0, d) key-value prompts, gates at their init
+        other.load_state_dict({**state, **renamed})
         assert torch.equal(other(pixels).logits, want)
 
 
@@ -322,8 +320,7 @@ VISION_CASES = [case for case in CASES if not case.dual_encoder]  # CLIPModel's 
 @torch.no_grad()
 def test_mixed_batch_on_every_backbone(case):
     configs = {"deep": VisualPromptConfig(num_prompts=3, deep=True), "shallow": VisualPromptConfig(num_prompts=2)}
-    if case.in_sequence:
-        configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
+    configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
     (first, config), *others = configs.items()
     model = get_peft_model(build(case), config, adapter_name=first)
     for name, other in others:
@@ -355,3 +352,24 @@ def test_dpt_adapters_refuse_mixed_batches(tmp_path):
     pixels = torch.randn(2, 3, size, size)
     with pytest.raises(ValueError, match="DualPromptConfig.*do not serve mixed-task batches"):
         model(pixel_values=pixels, adapter_names=["default", "default"])
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_mixed_batch_compiles_with_fullgraph_and_no_graph_break():
+    """Hooks are registered once and rows are routed by index tensors built from the names: nothing in a mixed
+    batch forward needs Python between graphs (hook registration, data-dependent shapes)."""
+    import torch._dynamo
+
+    model = family_model("vpt")
+    names = NAMES["vpt"]
+    pixels = torch.randn(len(names), 3, 32, 32)
+    want = model(pixels, adapter_names=names).logits
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(pixels, adapter_names=names)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    got = torch.compile(model, fullgraph=True)(pixels, adapter_names=names).logits
+    padded = torch.isneginf(want)
+    assert torch.equal(torch.isneginf(got), padded)
+    assert_equal_to_rounding(got[~padded], want[~padded])
+    assert all(getattr(m, "mixed_batch", None) is None for m in model.modules())

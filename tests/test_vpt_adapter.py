@@ -166,9 +166,10 @@ def test_adapter_for_another_backbone_is_refused(tmp_path):
 def test_multiple_active_adapters_are_refused(pixels):
     model = get_peft_model(tiny_vit(MODEL_CLASSES["vit-model"]), VisualPromptConfig(num_prompts=2))
     model.add_adapter("b", VisualPromptConfig(num_prompts=2))
-    model.base_model.set_adapter(["default", "b"])
     with pytest.raises(ValueError, match="one prompt adapter"):
-        model(pixel_values=pixels)
+        model.base_model.set_adapter(["default", "b"])
+    assert model.active_adapters == ["default"]
+    model(pixel_values=pixels)
 
 
 def test_projected_prompts_load_under_another_adapter_name(tmp_path, pixels):

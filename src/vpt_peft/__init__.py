@@ -10,6 +10,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from . import recipes
 from .auto import AutoPeftModelForImageClassification
+from .convert import ConversionError, convert_official_kv_prompts, convert_official_prompts, load_official_prompts
 from .engine.attention import ExtraKeyValues, UnsupportedAttentionError
 from .engine.backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone
 from .engine.heads import BASE_ADAPTER, split_logits
@@ -18,6 +19,10 @@ from .engine.tuner import AdapterMismatchError
 from .tuners import load_methods
 
 load_methods()
+
+from . import atomic  # noqa: E402
+
+atomic.install()  # crash-safe adapter saves: see vpt_peft.atomic
 
 from .tuners.dpt import (  # noqa: E402
     DualPromptConfig,
@@ -51,6 +56,7 @@ __all__ = [
     "AdapterMismatchError",
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
+    "ConversionError",
     "DualPromptConfig",
     "DualPromptEpochCallback",
     "DualPromptModel",
@@ -67,6 +73,8 @@ __all__ = [
     "UnsupportedModelError",
     "VisualPromptConfig",
     "VisualPromptModel",
+    "convert_official_kv_prompts",
+    "convert_official_prompts",
     "dual_prompt_loss",
     "dual_prompt_optimizer",
     "dual_prompt_parameter_groups",
@@ -76,6 +84,7 @@ __all__ = [
     "find_backbone",
     "get_peft_model",
     "importance_scores",
+    "load_official_prompts",
     "prune_prompts",
     "recipes",
     "register_backbone",

@@ -17,7 +17,9 @@ import torch
 from .demo.digits import DEFAULT_MEAN, DEFAULT_STD, digits_dataset
 
 
-def load_image_dataset(source: str, eval_split: Optional[str] = None, test_size: float = 0.2, seed: int = 0):
+def load_image_dataset(
+    source: str, eval_split: Optional[str] = None, test_size: float = 0.2, seed: int = 0
+) -> tuple[Any, Any, str, str, list[str]]:
     """``(train, eval, image_column, label_column, label_names)`` for a Hub id, a local folder, or ``digits[:task]``.
 
     A folder goes through the ``imagefolder`` builder (class sub-folders, optional train/test split folders).
@@ -46,6 +48,8 @@ def load_image_dataset(source: str, eval_split: Optional[str] = None, test_size:
     image_column = next((k for k, v in features.items() if isinstance(v, Image)), None)
     label_column = next((k for k, v in features.items() if isinstance(v, ClassLabel)), None)
     label_column = label_column or next((k for k in ("label", "labels") if k in features), None)
+    if image_column is not None and label_column is None and os.path.isdir(source):
+        raise ValueError(_folder_layout_problem(Path(source)))
     if image_column is None or label_column is None:
         raise ValueError(f"{source!r} needs an image column and a label column; it has {list(features)}.")
     feature = features[label_column]
@@ -53,7 +57,19 @@ def load_image_dataset(source: str, eval_split: Optional[str] = None, test_size:
     return train, evaluation, image_column, label_column, names
 
 
-def image_processor_for(model_path: str, image_size: int):
+def _folder_layout_problem(root: Path) -> str:
+    """Why an image folder gave no labels: the classes are its sub-folders, and a classifier needs two."""
+    split_names = {"train", "test", "validation", "val"}
+    top = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    parent = next((d for d in top if d.name in split_names), root)
+    classes = sorted(d.name for d in parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+    layout = f"put each class's images in {root}/<class name>/ (or {root}/train/<class name>/)"
+    if not classes:
+        return f"{root} has its images directly inside, with no class sub-folders, so they have no labels: {layout}."
+    return f"{parent} has one class sub-folder ({classes[0]!r}); a classifier needs at least two classes: {layout}."
+
+
+def image_processor_for(model_path: str, image_size: int) -> Any:
     """The model's own image processor, else a documented default: resize to ``image_size``, mean/std 0.5."""
     from transformers import AutoImageProcessor, ViTImageProcessor
 

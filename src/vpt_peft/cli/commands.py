@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import recipes
+from ..atomic import staged_save
 from ..data import ImageClassificationCollator, accuracy, image_processor_for, load_image_dataset
 from .io import CLIError, read_labels, read_run_info, steps_per_epoch, write_labels
 
@@ -50,10 +51,16 @@ def _peft_config(args: argparse.Namespace, labels: list[str]):
 
 def _load_model(path: str, labels: list[str], method: str):
     """The base model the recipe asks for: a dual encoder (classes are text prompts) or a classifier with a new head."""
-    from transformers import AutoModel, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     recipe = recipes.RECIPES.get(method)  # an adapter folder from an older run may not name its method
     if recipe is not None and recipe.base_model == "dual-encoder":
+        config = AutoConfig.from_pretrained(path)
+        if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
+            raise CLIError(
+                f"--method {method} needs a CLIP-like checkpoint (a text and a vision tower); {path} is a "
+                f"{config.model_type!r} model. Use a vision method (e.g. --method vpt-deep) for it."
+            )
         return AutoModel.from_pretrained(path)
     return AutoModelForImageClassification.from_pretrained(
         path,
@@ -127,19 +134,21 @@ def train(args: argparse.Namespace) -> None:
     )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     metrics = trainer.evaluate()
-    model.save_pretrained(args.output)
-    processor.save_pretrained(args.output)
-    write_labels(
-        args.output,
-        labels,
-        {
-            "base_model": args.model,
-            "dataset": args.dataset,
-            "method": args.method,
-            "image_column": image_column,
-            "label_column": label_column,
-        },
-    )
+    # One transaction: a crash leaves the previous adapter, processor and labels, or all the new ones.
+    with staged_save(args.output, keep=("README.md",)) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        write_labels(
+            staging,
+            labels,
+            {
+                "base_model": args.model,
+                "dataset": args.dataset,
+                "method": args.method,
+                "image_column": image_column,
+                "label_column": label_column,
+            },
+        )
     print(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}; adapter saved to {args.output}")
 
 

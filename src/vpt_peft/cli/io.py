@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write, resolve
+
 LABELS_FILE = "labels.json"
 
 
@@ -19,7 +21,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def read_labels(adapter: Path) -> list[str]:
-    path = adapter / LABELS_FILE
+    path = resolve(adapter / LABELS_FILE)  # the committed copy if a save was interrupted mid-commit
     if not path.exists():
         raise CLIError(f"{adapter} has no {LABELS_FILE}: point at a folder written by 'vpt-peft train'")
     return json.loads(path.read_text())["labels"]
@@ -27,9 +29,9 @@ def read_labels(adapter: Path) -> list[str]:
 
 def read_run_info(adapter: Path) -> dict[str, Any]:
     """Everything ``train`` recorded next to the labels (base model, dataset, method, columns)."""
-    return json.loads((adapter / LABELS_FILE).read_text())
+    return json.loads(resolve(adapter / LABELS_FILE).read_text())
 
 
 def write_labels(folder: Path, labels: list[str], extra: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LABELS_FILE).write_text(json.dumps({"labels": labels, **extra}, indent=2))
+    atomic_write(folder / LABELS_FILE, json.dumps({"labels": labels, **extra}, indent=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,7 @@ def digits_task(
     return (pixels[:cut], y[:cut]), (pixels[cut:], y[cut:]), task
 
 
-def digits_dataset(name: str = "plain", size: int = 32, seed: int = 0):
+def digits_dataset(name: str = "plain", size: int = 32, seed: int = 0) -> Any:
     """A task as a ``datasets.DatasetDict`` of RGB PIL images (``image``, ``label``), as a folder would load."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 

@@ -20,9 +20,14 @@ import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
+from .. import recipes
+from ..atomic import atomic_open, atomic_write, staged_save
+from ..recipes import HEAD, HEAD_BIAS
 from .training import FitResult, Tensors, evaluate, fit, fresh_backbone
 
 COLUMNS = ("method", "task", "group", "accuracy", "trainable", "trainable_pct", "adapter_bytes", "train_s")
+
+HEAD_ROLES = (HEAD, HEAD_BIAS)
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,14 @@ def run_method(
         prune_prompts(model, _batches(train, batch_size), **method.prune)
         rewound = fit(model, train, test, desc=f"{task}: {method.name} (rewind)", **schedule)
         curve = FitResult(curve.losses + rewound.losses, curve.accuracies + rewound.accuracies)
-        head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "prompt" not in n)
+        roles = recipes.parameter_roles(model)
+        head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and roles[n] in HEAD_ROLES)
         trainable = effective_prompt_parameters(model) + head
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, test)
     folder = out_dir / "adapters" / task / method.name.replace(" ", "-")
-    model.save_pretrained(folder)
+    with staged_save(folder) as staging:  # a full fine-tune is a transformers model: stage it too
+        model.save_pretrained(staging)
     _check_reload(model, folder, backbone_dir, num_labels, test, full=method.config is None)
     row = dict(
         method=method.name,
@@ -144,7 +151,7 @@ def _size(n: int) -> str:
 def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     """``results.csv`` (raw numbers) and ``results.md`` (a Markdown table) in ``out_dir``."""
     csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
-    with open(csv_path, "w", newline="") as handle:
+    with atomic_open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -157,7 +164,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]
         f"{r['trainable_pct']:.2f} | {_size(r['adapter_bytes'])} | {r['train_s']:.1f} |"
         for r in rows
     ]
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import recipes
+from ..atomic import new_folder
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -96,7 +97,9 @@ def fit(
     return result
 
 
-def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Optional[Path] = None):
+def pretrained_digits_vit(
+    epochs: int = 30, image_size: int = 16, folder: Optional[Path] = None
+) -> tuple[nn.Module, Path]:
     """The demo's foundation model: a 4-layer ViT pretrained on plain digits, cached after the first run.
 
     Returns the model loaded from the cache folder (so every caller starts from the same saved weights) and
@@ -133,11 +136,12 @@ def pretrained_digits_vit(epochs: int = 30, image_size: int = 16, folder: Option
             desc="pretraining the foundation model",
             optimizer_fn=adamw,
         )
-        model.save_pretrained(folder)
+        with new_folder(folder) as staging:  # the cache appears complete or not at all
+            model.save_pretrained(staging)
     return ViTForImageClassification.from_pretrained(folder).eval(), folder
 
 
-def fresh_backbone(folder: Path, num_labels: int, seed: int = 0):
+def fresh_backbone(folder: Path, num_labels: int, seed: int = 0) -> nn.Module:
     """A new copy of the frozen foundation model from ``folder`` with a fresh ``num_labels``-way head.
 
     The head is replaced after loading (rather than ``ignore_mismatched_sizes``) so that loading stays quiet

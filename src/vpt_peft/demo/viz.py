@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..atomic import atomic_open
 from ..engine.backbones import find_backbone
 from ..engine.sidecar import PromptAdapterLayer
 
@@ -59,22 +60,20 @@ def _sequence_path_and_eager(model: nn.Module) -> Iterator[None]:
     banks = [
         bank for layer in model.modules() if isinstance(layer, PromptAdapterLayer) for bank in layer.banks.values()
     ]
-    saved_paths = [bank.uses_kv_path for bank in banks]
     configs = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
     saved_attn = [config._attn_implementation for config in configs]
     in_sequence = not banks or find_backbone(model).spec.prompts_in_sequence
-    try:
-        for bank in banks:
-            bank.uses_kv_path = bank.uses_kv_path and not in_sequence
-        for config in configs:
-            # The prompt hooks re-route eager attention through the key-value wrapper when E2VPT needs it.
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        for bank, path in zip(banks, saved_paths):
-            bank.uses_kv_path = path
-        for config, attn in zip(configs, saved_attn):
-            config._attn_implementation = attn
+    with contextlib.ExitStack() as stack:
+        for bank in banks if in_sequence else ():
+            stack.enter_context(bank.running_in_sequence())
+        try:
+            for config in configs:
+                # The prompt hooks re-route eager attention through the key-value wrapper when E2VPT needs it.
+                config._attn_implementation = "eager"
+            yield
+        finally:
+            for config, attn in zip(configs, saved_attn):
+                config._attn_implementation = attn
 
 
 @torch.no_grad()
@@ -134,7 +133,7 @@ def save_attention_maps(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return maps
 
@@ -152,7 +151,7 @@ def plot_accuracy_vs_params(rows: Sequence[dict], path: Union[str, Path]) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -169,5 +168,12 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Union[
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
+
+
+def _save_figure(fig, path: Union[str, Path]) -> None:
+    """Write the figure atomically (a reader never sees half a PNG); the format comes from the file suffix."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, dpi=110, format=path.suffix.lstrip(".") or None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -88,6 +88,21 @@ ParkedKeyValues = Union[ExtraKeyValues, list[KeyGroup], None]
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """``(B, T, heads*head_dim)`` -> ``(B, heads, T, head_dim)``: channel ``h*head_dim+j`` is head ``h``."""
     return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
+
+
+def prompt_key_values(
+    prompts: torch.Tensor, norm: torch.nn.Module, attention: torch.nn.Module, k_proj: str, v_proj: str, head_dim: int
+) -> ExtraKeyValues:
+    """What a block's real tokens see of prompt tokens they attend to: the block's norm, then its own K/V projections.
+
+    This is exactly the prompts' contribution as keys/values when they sit in the sequence, which is why a block
+    whose prompt outputs are discarded can read them this way (the key-value fast path).
+    """
+    normed = norm(prompts)
+    return ExtraKeyValues(
+        split_heads(getattr(attention, k_proj)(normed), head_dim),
+        split_heads(getattr(attention, v_proj)(normed), head_dim),
+    )
 
 
 def _widen_mask(
@@ -170,7 +185,14 @@ def _grouped_attention(inner, module, query, key, value, attention_mask, groups:
     return output, None
 
 
-def prompted_attention(module, query, key, value, attention_mask, **kwargs):
+def prompted_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Attention over the real keys/values plus the extra ones a vpt_peft hook parked on ``module``."""
     parked: ParkedKeyValues = module.__dict__.get(EXTRA_KV_ATTRIBUTE)
     backend = module.config._attn_implementation.removeprefix(IMPLEMENTATION_PREFIX)
@@ -185,7 +207,7 @@ for _backend in SUPPORTED_BACKENDS:
     AttentionMaskInterface.register(IMPLEMENTATION_PREFIX + _backend, ALL_MASK_ATTENTION_FUNCTIONS[_backend])
 
 
-def ensure_installed(config) -> None:
+def ensure_installed(config: Any) -> None:
     """Route ``config``'s attention through :func:`prompted_attention` (idempotent, self-healing).
 
     Called again from the hooks, so a later ``model.set_attn_implementation(...)`` is adopted as the new
@@ -203,7 +225,8 @@ def ensure_installed(config) -> None:
     config._attn_implementation = IMPLEMENTATION_PREFIX + current
 
 
-def uninstall(config) -> None:
+def uninstall(config: Any) -> None:
+    """Restore the backend :func:`ensure_installed` wrapped (on unload)."""
     current = config._attn_implementation
     if current and current.startswith(IMPLEMENTATION_PREFIX):
         config._attn_implementation = current.removeprefix(IMPLEMENTATION_PREFIX)

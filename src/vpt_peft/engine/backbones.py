@@ -13,9 +13,10 @@ passed to ``get_peft_model``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -26,14 +27,34 @@ class UnsupportedModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """What the official prompted Swin needs to know about a windowed family's blocks, beyond ``BackboneSpec``.
+
+    Prompt tokens are carried beside the patch grid (spec methods.md §1.9), so the engine runs the parts of
+    a block the patches get from HF's own code on the prompts itself: the residual branch after attention
+    (``attention_branch``: the block's dropout modules, in order), the MLP behind its norm (``mlp_norm``,
+    ``mlp``, then ``mlp_branch``) and, after each stage, the stage's patch merging (``merge`` inside every
+    element of ``stages``; the merging module is called on four copies of each prompt, the official widening).
+    """
+
+    stages: str = "encoder.layers"
+    merge: str = "downsample"
+    mlp_norm: str = "layernorm_after"
+    mlp: str = "mlp"
+    attention_branch: tuple[str, ...] = ("dropout", "drop_path")
+    mlp_branch: tuple[str, ...] = ("dropout",)
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """Where prompts go in one backbone family (paths relative to the backbone module).
 
     ``layers`` names the list of blocks; a ``*`` segment flattens nested lists (Swin's stages of blocks:
     ``"encoder.layers.*.blocks"``). ``relative_position_bias`` is the path, inside a block, of a module
     whose output is an additive ``(..., S, S)`` bias for the real tokens (padded with zeros for prompts).
-    ``prompts_in_sequence=False`` marks windowed attention, where prompt tokens cannot join the token
-    sequence: prompts then enter every window's attention as extra keys/values only.
+    ``windows`` marks windowed attention (Swin): the blocks reshape their input to the patch grid, so prompt
+    tokens cannot join the blocks' token sequence; they are carried beside it and prepended to every window
+    instead (:class:`WindowSpec`, :mod:`vpt_peft.engine.windows`).
     """
 
     embeddings: str = "embeddings"
@@ -45,9 +66,14 @@ class BackboneSpec:
     num_special_tokens: Union[int, Callable[[object], int]] = 1
     final_norm: Union[str, None] = "layernorm"
     relative_position_bias: Union[str, None] = None
-    prompts_in_sequence: bool = True
+    windows: Optional[WindowSpec] = None
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
+
+    @property
+    def prompts_in_sequence(self) -> bool:
+        """Whether prompts ride in the blocks' own token sequence (every family but the windowed ones)."""
+        return self.windows is None
 
     def special_tokens(self, config: object) -> int:
         n = self.num_special_tokens
@@ -78,9 +104,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     "swin": BackboneSpec(
         layers="encoder.layers.*.blocks",
         num_special_tokens=0,
-        prompts_in_sequence=False,
-        description="SwinModel, SwinForImageClassification: windowed attention, so every block's prompts join each "
-        "window's attention as extra keys/values (one tensor per stage width)",
+        relative_position_bias="attention.relative_position_bias",
+        windows=WindowSpec(),
+        description="SwinModel, SwinForImageClassification: prompt tokens are prepended to every window (zero "
+        "relative bias, never masked), averaged over the windows, widened by each patch merging and mean-pooled "
+        "with the patches, as the official code (one tensor per stage width)",
     ),
     "dinov2": replace(
         DINOV2_BLOCKS,
@@ -179,6 +207,41 @@ def _unsupported(model: nn.Module) -> UnsupportedModelError:
     )
 
 
+def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list[nn.Module]) -> list[str]:
+    """What the hooks silently rely on and this backbone lacks (empty when the entry fits).
+
+    Every block needs the attention and its pre-norm at the entry's paths, separate key and value ``Linear``
+    projections (prompt keys/values are made with them), and the attention module must carry the model config
+    (the attention function reads the backend from it) and come from a modeling file with an
+    ``eager_attention_forward`` (the eager backend vpt_peft wraps). The config needs the sizes the prompts are
+    built from.
+    """
+    problems = []
+    config = module.config
+    for field_name in ("hidden_size", "patch_size"):
+        if not hasattr(config, field_name):
+            problems.append(f"config has no {field_name}")
+    if not layers:
+        return problems + [f"no blocks at {spec.layers!r}"]
+    block = layers[0]
+    for role, path in (("attention", spec.attention), ("attention_norm", spec.attention_norm)):
+        if not has_path(block, path):
+            problems.append(f"a block has no {role} at {path!r}")
+    if problems:
+        return problems
+    attention = get_path(block, spec.attention)
+    for role, name in (("k_proj", spec.k_proj), ("v_proj", spec.v_proj)):
+        if not isinstance(getattr(attention, name, None), nn.Linear):
+            problems.append(f"the attention has no separate {role} Linear named {name!r} (fused qkv is not supported)")
+    if getattr(attention, "config", None) is None:
+        problems.append("the attention module has no .config (the attention backend is read from it)")
+    if not hasattr(sys.modules.get(type(attention).__module__), "eager_attention_forward"):
+        problems.append(f"{type(attention).__module__} defines no eager_attention_forward")
+    if not hasattr(attention, "head_dim") and not hasattr(config, "num_attention_heads"):
+        problems.append("neither the attention's head_dim nor config.num_attention_heads is set")
+    return problems
+
+
 def find_backbone(model: nn.Module) -> Backbone:
     """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
     found = []
@@ -198,6 +261,13 @@ def find_backbone(model: nn.Module) -> Backbone:
     path, module, model_type, spec = found[0]
     config = module.config
     layers = get_layers(module, spec.layers)
+    problems = unmet_requirements(module, spec, layers)
+    if problems:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} (model_type={model_type!r}) does not fit its backbone table entry: "
+            + "; ".join(problems)
+            + ". Correct the entry with vpt_peft.register_backbone (see docs/contributing.md)."
+        )
     attentions = [get_path(layer, spec.attention) for layer in layers]
     widths = [getattr(a, spec.k_proj).in_features for a in attentions]
     head_dims = [

@@ -8,14 +8,17 @@ hooks; :class:`vpt_peft.engine.sidecar.PromptAdapterLayer` asks it for prompts o
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .attention import ExtraKeyValues, split_heads
+from .attention import ExtraKeyValues, prompt_key_values
 from .backbones import Backbone
-from .config import PromptConfigBase
+from .config import KV_ONLY, PROMPT_INIT_STD, PromptConfigBase
+from .windows import block_modes
 
 
 def kv_path_is_exact(layers: list[int], num_layers: int) -> bool:
@@ -71,6 +74,8 @@ class PromptBank(nn.Module):
         self.first_layer = layers[0]
         self.num_prompts = config.num_prompts
         self.uses_kv_path = self.choose_kv_path(config, layers, backbone)
+        # Windowed backbones (Swin): how each block meets the prompts, "sequence" or "kv" (see engine/windows.py).
+        self.block_modes = block_modes(config, layers, backbone) if backbone.spec.windows is not None else {}
         shapes = stacked_shapes(self.layer_rows, backbone.layer_widths)
         projected = config.prompt_project_dim > 0
         if projected and len(shapes) > 1:
@@ -85,13 +90,19 @@ class PromptBank(nn.Module):
 
     @staticmethod
     def choose_kv_path(config: PromptConfigBase, layers: list[int], backbone: Backbone) -> bool:
-        if not backbone.spec.prompts_in_sequence:
-            if config.prompt_path == "sequence":
-                raise ValueError(
-                    f"{backbone.model_type} attends within windows, so prompt tokens cannot join the sequence: "
-                    "prompt_path='sequence' is not available; use 'auto' (prompts as keys/values in every window)."
-                )
-            return True
+        """Whether every prompted layer reads its prompts as keys/values only (the ViT-like fast path).
+
+        Windowed backbones choose per block instead (:func:`vpt_peft.engine.windows.block_modes`, checked here
+        so that a bad config fails before the model is touched) and return False.
+        """
+        if backbone.spec.windows is not None:
+            block_modes(config, layers, backbone)
+            return False
+        if config.prompt_path == KV_ONLY:
+            raise ValueError(
+                f"prompt_path={KV_ONLY!r} is for windowed backbones (Swin); on {backbone.model_type} use 'kv' (exact "
+                "where the prompted layers run to the last one) or 'auto'."
+            )
         if not config.deep or config.prompt_path == "sequence":
             return False
         exact = kv_path_is_exact(layers, backbone.num_layers)
@@ -109,25 +120,43 @@ class PromptBank(nn.Module):
             if tensor.is_meta:
                 return
             if config.prompt_init == "xavier_patch":
-                # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw).
-                bound = math.sqrt(6.0 / (backbone.patch_fan_in + tensor.shape[-1]))
+                # Xavier-uniform as if each prompt were a patch-embedding kernel (fan_in = C * ph * pw, fan_out =
+                # the patch embedding's width). One bound for every tensor: the official Swin code computes it
+                # with the first stage's width for all stages.
+                width = config.prompt_project_dim if self.prompt_proj is not None else backbone.layer_widths[0]
+                bound = math.sqrt(6.0 / (backbone.patch_fan_in + width))
                 tensor.uniform_(-bound, bound)
             elif config.prompt_init == "normal":
-                tensor.normal_(0.0, 0.02)
+                tensor.normal_(0.0, PROMPT_INIT_STD)
             else:
                 tensor.zero_()
         if self.prompt_proj is not None:
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
 
+    @contextmanager
+    def running_in_sequence(self) -> Iterator[None]:
+        """Deep prompts through the blocks instead of the key-value path, for the duration.
+
+        The two paths compute the same function where the key-value path is chosen; the in-sequence one also
+        gives the prompts their own attention rows, which attention maps draw.
+        """
+        saved, self.uses_kv_path = self.uses_kv_path, False
+        try:
+            yield
+        finally:
+            self.uses_kv_path = saved
+
     @property
     def needs_extra_key_values(self) -> bool:
         """Whether the attention must be routed through :func:`vpt_peft.engine.attention.prompted_attention`."""
-        return self.uses_kv_path and self.num_prompts > 0
+        reads_kv = self.uses_kv_path or "kv" in self.block_modes.values()
+        return reads_kv and self.num_prompts > 0
 
     @property
     def sequence_tokens(self) -> int:
-        """How many prompt tokens this bank leaves in the residual stream (0 on the key-value path)."""
-        return 0 if self.uses_kv_path else self.num_prompts
+        """How many prompt tokens this bank leaves in the blocks' own sequence (0 on the key-value path, and on
+        windowed backbones, whose prompt tokens travel beside the blocks' sequence)."""
+        return 0 if self.uses_kv_path or self.block_modes else self.num_prompts
 
     def transform(self, prompts: torch.Tensor) -> torch.Tensor:
         """Hook for methods that map the prompts before use (VFPT's Fourier transform)."""
@@ -144,6 +173,10 @@ class PromptBank(nn.Module):
         prompts = self.prompt_dropout(prompts.unsqueeze(0).expand(batch_size, -1, -1))
         return self.transform(prompts).to(dtype)
 
+    def kv_prompt_key_values(self, layer_index: int, rows: int, dtype: torch.dtype) -> Optional[ExtraKeyValues]:
+        """A method's own key-value prompts for layer ``layer_index`` (E2VPT), for ``rows`` attention rows."""
+        return None
+
     def extra_key_values(
         self,
         layer_index: int,
@@ -156,10 +189,12 @@ class PromptBank(nn.Module):
         head_dim: int,
     ) -> Optional[ExtraKeyValues]:
         """Keys/values that layer ``layer_index``'s real tokens attend to besides their own."""
+        visual = None
         where = self.layer_rows.get(layer_index)
-        if not self.uses_kv_path or where is None or self.num_prompts == 0:
-            return None
-        normed = norm(self.prompts(where, batch_size, dtype))
-        key = split_heads(getattr(attention, k_proj)(normed), head_dim)
-        value = split_heads(getattr(attention, v_proj)(normed), head_dim)
-        return ExtraKeyValues(key, value)
+        if self.uses_kv_path and where is not None and self.num_prompts > 0:
+            prompts = self.prompts(where, batch_size, dtype)
+            visual = prompt_key_values(prompts, norm, attention, k_proj, v_proj, head_dim)
+        kv = self.kv_prompt_key_values(layer_index, batch_size, dtype)
+        if kv is None or visual is None:
+            return kv or visual
+        return kv.cat(visual)

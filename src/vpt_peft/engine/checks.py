@@ -66,3 +66,26 @@ def check_string_list(name: str, value: Any) -> list[str]:
     if not items or any(not isinstance(i, str) or not i.strip() for i in items):
         raise ValueError(f"{name} must be a non-empty list of non-empty strings, got {items!r}.")
     return items
+
+
+def check_pixel_values(pixels: Any, num_channels: int | None) -> None:
+    """A batch of images as the model takes them: a floating ``(batch, channels, height, width)`` tensor."""
+    import torch
+
+    if not isinstance(pixels, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixels).__name__}.")
+    if pixels.dim() != 4:
+        raise ValueError(
+            f"pixel_values must have 4 dimensions (batch, channels, height, width), got shape {list(pixels.shape)}"
+            + (": add the batch dimension with pixel_values[None]." if pixels.dim() == 3 else ".")
+        )
+    if not pixels.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be floating point, got {pixels.dtype}: raw image bytes need the model's image "
+            "processor (resize, rescale, normalise) first."
+        )
+    if num_channels is not None and pixels.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values has {pixels.shape[1]} channels but the model takes {num_channels} "
+            f"(shape {list(pixels.shape)}; channels come second)."
+        )

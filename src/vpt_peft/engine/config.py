@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from pathlib import Path
+from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
@@ -11,11 +12,54 @@ from .checks import check_bool, check_choice, check_count, check_fraction, check
 
 PROMPT_INITS = ("xavier_patch", "normal", "zeros")
 PROMPT_PATHS = ("auto", "kv", "sequence")
+KV_ONLY = "kv_only"
+"""Windowed backbones only: every prompted block reads its prompts as keys/values and nothing else (no prompt
+tokens, nothing pooled). Not the official function; what vpt_peft computed on Swin before it followed it."""
 HEAD_INITS = ("model", "vpt")
+PROMPT_INIT_STD = 0.02
+"""Standard deviation of every normal prompt init in the reference code (VPT 'normal', CoOp context, CAVPT, E2VPT
+'trunc_normal'): one constant so the methods cannot drift apart."""
+
+
+LOADING_MARK = "_vpt_peft_loading"
+"""Set on a config read from an adapter folder: the tuner knows the adapter it creates awaits that folder's weights."""
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Refuse, before anything is built, a local adapter folder that cannot hold a prompt adapter's weights."""
+    if (folder / WEIGHTS_FILE).is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        raise ValueError(
+            f"{folder} holds pickle weights (adapter_model.bin). vpt_peft loads prompt adapters from safetensors only "
+            "(a pickle file can run code when loaded): save the adapter again with save_pretrained, or convert it "
+            "with safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')."
+        )
+    raise FileNotFoundError(
+        f"{folder} has no {WEIGHTS_FILE}: the adapter folder is incomplete (an interrupted save, or only the config "
+        "was copied). Point at the folder save_pretrained wrote."
+    )
+
+
+class AdapterFolderConfig(PeftConfig):
+    """A config that checks the folder it is read from (weights present, safetensors only) before peft loads it."""
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any
+    ) -> AdapterFolderConfig:
+        folder = Path(pretrained_model_name_or_path, subfolder or "")
+        if folder.is_dir():
+            check_adapter_folder(folder)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config.__dict__[LOADING_MARK] = True
+        return config
 
 
 @dataclass
-class PromptConfigBase(PeftConfig):
+class PromptConfigBase(AdapterFolderConfig):
     """Visual prompts for a frozen vision transformer (VPT, Jia et al., ECCV 2022), shared fields.
 
     Defaults are the official code's, with the released runs' prompt dropout (0.1 for deep, 0 for shallow).
@@ -42,7 +86,9 @@ class PromptConfigBase(PeftConfig):
         default="auto",
         metadata={
             "help": "Deep prompts: 'kv' feeds them to attention as extra keys/values (exact, faster), 'sequence' "
-            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact."
+            "runs them through the blocks (attention maps with prompt rows), 'auto' = 'kv' where exact. Swin: "
+            "'kv' and 'auto' read all but the last block's prompts as keys/values; 'kv_only' (Swin only, not the "
+            "official function) reads every block's prompts as keys/values only and never pools them."
         },
     )
     head_init: str = field(
@@ -74,7 +120,7 @@ class PromptConfigBase(PeftConfig):
         if self.prompt_dropout is not None:
             check_fraction("prompt_dropout", self.prompt_dropout, upper_inclusive=False)
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
-        check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
+        check_choice("prompt_path", self.prompt_path, (*PROMPT_PATHS, KV_ONLY))
         check_choice("head_init", self.head_init, HEAD_INITS)
         check_count("prompt_project_dim", self.prompt_project_dim, minimum=-1)
         for flag in ("deep", "backbone_eval_mode"):

@@ -78,13 +78,8 @@ def head_width(wrapper: ModulesToSaveWrapper, name: str) -> Optional[int]:
     return getattr(module, "out_features", None)
 
 
-def pass_adapter_names(adapter_names: list[str], module: nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook: hand a head wrapper the batch's adapter names (peft dispatches per sample on them)."""
-    return args, {**kwargs, "adapter_names": adapter_names}
-
-
-def pad_logits(width: int, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook: pad a narrower head's logits with ``-inf`` to the batch's widest head."""
+def pad_logits(output: torch.Tensor, width: int) -> torch.Tensor:
+    """A narrower head's logits padded with ``-inf`` to the batch's widest head (``argmax``/``softmax`` unchanged)."""
     return nn.functional.pad(output, (0, width - output.shape[-1]), value=float("-inf"))
 
 

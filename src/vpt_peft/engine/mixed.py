@@ -21,9 +21,7 @@ as one call, as a single-task batch does. Grouping is per task, never per sample
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from functools import partial
+from collections.abc import Sequence
 from typing import Any, Optional, Protocol
 
 import torch
@@ -32,8 +30,8 @@ from torch import nn
 
 from .attention import ExtraKeyValues, KeyGroup, ensure_installed
 from .bank import PromptBank
-from .heads import BASE_ADAPTER, head_width, pad_logits, pass_adapter_names
-from .tokens import widen_block_mask
+from .heads import BASE_ADAPTER, head_width
+from .tokens import insert_prompts, replace_prompts, widen_block_mask
 
 
 class PromptAdapterLayer(Protocol):
@@ -47,26 +45,90 @@ class PromptAdapterLayer(Protocol):
     mixed_batch: Optional[MixedBatch]
 
 
+class SingleTaskPlan:
+    """A forward with one adapter for the whole batch (or none: disabled): what every ordinary call runs.
+
+    A plan answers the sidecar's hooks: what enters a block (:meth:`layer_inputs`), which extra keys/values an
+    attention gets (:meth:`extra_key_values`), how many prompt slots the sequence holds (:meth:`sequence_slots`).
+    :class:`MixedBatch` answers the same questions for a batch whose samples run different adapters.
+    """
+
+    def __init__(self, bank: Optional[PromptBank]) -> None:
+        self.bank = bank
+
+    def sequence_slots(self, layer: PromptAdapterLayer) -> tuple[int, int]:
+        """(prompt slots in the sequence, the block that opens them); (0, -1) when none."""
+        bank = self.bank
+        return (0, -1) if bank is None or not bank.sequence_tokens else (bank.sequence_tokens, bank.first_layer)
+
+    def layer_inputs(self, layer: PromptAdapterLayer, index: int, block: nn.Module, args: tuple, kwargs: dict) -> Any:
+        """Insert the prompts at the first prompted block, overwrite them at every later one."""
+        bank = self.bank
+        if bank is None:
+            return None
+        checkpointed = getattr(block, "gradient_checkpointing", False) and block.training
+        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
+            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
+            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
+            args = (args[0].detach().requires_grad_(), *args[1:])
+        p, n = bank.sequence_tokens, layer.num_special_tokens
+        if p == 0 or index < bank.first_layer:
+            return args, kwargs
+        hidden = args[0]
+        row = bank.layer_rows.get(index)
+        if row is not None:
+            prompts = bank.prompts(row, hidden.shape[0], hidden.dtype)
+            splice = insert_prompts if index == bank.first_layer else replace_prompts
+            hidden = splice(hidden, prompts, at=n)
+        return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
+
+    def extra_key_values(
+        self, layer: PromptAdapterLayer, index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
+    ) -> Optional[ExtraKeyValues]:
+        """The bank's extra keys/values for block ``index`` (key-value prompts, the fast path), if any."""
+        if self.bank is None:
+            return None
+        extra = self.bank.extra_key_values(
+            index, norm, attention, hidden.shape[0], hidden.dtype, layer.k_proj, layer.v_proj, layer.head_dims[index]
+        )
+        if extra is not None:
+            ensure_installed(attention.config)
+        return extra
+
+
 class MixedBatch:
     """Which sample runs which adapter, for one forward call (set on every prompt layer while it runs)."""
 
-    def __init__(self, adapter_names: Sequence[str], device: Optional[torch.device]) -> None:
+    def __init__(
+        self, adapter_names: Sequence[str], device: Optional[torch.device], pad_widths: Optional[dict] = None
+    ) -> None:
+        self.adapter_names = list(adapter_names)
+        self.pad_widths: dict[str, int] = pad_widths or {}  # head wrapper path -> the batch's widest head there
         self.names = list(dict.fromkeys(adapter_names))  # the batch's tasks, in order of first appearance
         index = {name: i for i, name in enumerate(self.names)}
-        self.task = torch.tensor([index[name] for name in adapter_names], device=device)  # (B,) task per sample
+        self.sample_tasks = [index[name] for name in adapter_names]  # task of each sample, as plain ints
+        self.task = torch.tensor(self.sample_tasks, device=device)  # (B,) task per sample
         self._layouts: dict[tuple, tuple] = {}
         self._row_tasks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def row_tasks(self, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(task of each attention row, each task's rows) for an attention call over ``rows`` rows.
 
-        Windowed attention (Swin) runs ``B * windows`` rows, sample-major; every other backbone ``B``.
+        Windowed attention (Swin) runs ``B * windows`` rows, sample-major; every other backbone ``B``. The index
+        tensors are built from the names in Python, not found in a tensor (``nonzero``), so their sizes are known
+        when tracing: a compiled model routes a mixed batch without a graph break.
         """
         if rows not in self._row_tasks:
-            if rows % len(self.task):
-                raise ValueError(f"An attention over {rows} rows cannot be split into {len(self.task)} samples.")
-            task = self.task.repeat_interleave(rows // len(self.task))
-            self._row_tasks[rows] = (task, [(task == i).nonzero().flatten() for i in range(len(self.names))])
+            batch = len(self.sample_tasks)
+            if rows % batch:
+                raise ValueError(f"An attention over {rows} rows cannot be split into {batch} samples.")
+            row_task = [task for task in self.sample_tasks for _ in range(rows // batch)]
+            device = self.task.device
+            task_rows = [
+                torch.tensor([r for r, t in enumerate(row_task) if t == i], dtype=torch.long, device=device)
+                for i in range(len(self.names))
+            ]
+            self._row_tasks[rows] = (torch.tensor(row_task, device=device), task_rows)
         return self._row_tasks[rows]
 
     def banks(self, layer: PromptAdapterLayer) -> list[Optional[PromptBank]]:
@@ -81,7 +143,7 @@ class MixedBatch:
         return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
 
     # ---------------------------------------------------------------------------------- sequence path
-    def layer_inputs(self, layer: PromptAdapterLayer, index: int, args: tuple, kwargs: dict) -> Any:
+    def layer_inputs(self, layer: PromptAdapterLayer, index: int, block: nn.Module, args: tuple, kwargs: dict) -> Any:
         """Open the slots at the first prompted block, then write each task's prompts into its samples' slots."""
         slots, opening = self.sequence_slots(layer)
         if slots == 0 or index < opening:
@@ -106,7 +168,7 @@ class MixedBatch:
         return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - slots, slots, n)
 
     # ---------------------------------------------------------------------------------- attention
-    def key_groups(
+    def extra_key_values(
         self, layer: PromptAdapterLayer, index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
     ) -> Optional[list[KeyGroup]]:
         """The key layouts of block ``index``'s attention, or ``None`` when it is the base model's for all."""
@@ -156,10 +218,11 @@ class MixedBatch:
         if len(tasks) == 1:
             return chosen[0]  # batch 1: broadcast over the task's samples, as a single-task batch does
         row_task, task_rows = self.row_tasks(rows)
-        counts = torch.tensor([len(task_rows[t]) for t in tasks], device=self.task.device)
-        local = torch.repeat_interleave(torch.arange(len(tasks), device=self.task.device), counts)
         if len(tasks) == len(self.names):
             local = row_task  # rows in batch order
+        else:  # the layout's rows, task after task: position i of task j's block is row j (sizes known in Python)
+            blocks = [[j] * len(task_rows[t]) for j, t in enumerate(tasks)]
+            local = torch.tensor([j for block in blocks for j in block], device=self.task.device)
         key = torch.cat([e.key for e in chosen])[local]
         value = torch.cat([e.value for e in chosen])[local]
         keep = None
@@ -168,50 +231,32 @@ class MixedBatch:
         return ExtraKeyValues(key, value, keep)
 
 
-@contextmanager
-def serve_mixed_batch(
-    model: nn.Module,
-    layers: list[PromptAdapterLayer],
-    adapter_names: Sequence[str],
-    known: Sequence[str],
-    args: tuple,
-    kwargs: dict,
-) -> Iterator[None]:
-    """Validate ``adapter_names``, then run one forward with per-sample prompts and heads."""
+def plan_mixed_batch(
+    model: nn.Module, adapter_names: Sequence[str], known: Sequence[str], args: tuple, kwargs: dict
+) -> MixedBatch:
+    """Validate ``adapter_names`` against the model and the batch; the plan every hook reads while the batch runs."""
     adapter_names = _check_names(adapter_names, known, args, kwargs)
     if model.training:
         raise ValueError("adapter_names (mixed-task batches) is for inference: call model.eval() first.")
-    wrappers = [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
-    handles = []
-    try:
-        for wrapper in wrappers:
-            missing = [n for n in set(adapter_names) - {BASE_ADAPTER} if n not in wrapper.modules_to_save]
-            if missing:
-                raise ValueError(
-                    f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}."
-                )
-            handles.append(
-                wrapper.register_forward_pre_hook(partial(pass_adapter_names, adapter_names), with_kwargs=True)
+    pad_widths = {}
+    for path, wrapper in model.named_modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        missing = [n for n in set(adapter_names) - {BASE_ADAPTER} if n not in wrapper.modules_to_save]
+        if missing:
+            raise ValueError(
+                f"Adapter(s) {sorted(missing)} have no copy of the head {type(wrapper.original_module).__name__}."
             )
-            widths = {head_width(wrapper, name) for name in adapter_names}
-            if len(widths) > 1 and None not in widths:
-                if kwargs.get("labels") is not None:
-                    raise ValueError(
-                        f"The tasks in this batch have heads of different sizes {sorted(widths)}; the model cannot "
-                        "compute one loss over them. Drop labels and compute each task's loss from its logits."
-                    )
-                heads = [wrapper.original_module, *wrapper.modules_to_save.values()]
-                handles += [head.register_forward_hook(partial(pad_logits, max(widths))) for head in heads]
-        device = next((p.device for p in model.parameters()), None)
-        plan = MixedBatch(adapter_names, device)
-        for layer in layers:
-            layer.mixed_batch = plan
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for layer in layers:
-            layer.mixed_batch = None
+        widths = {head_width(wrapper, name) for name in adapter_names}
+        if len(widths) > 1 and None not in widths:
+            if kwargs.get("labels") is not None:
+                raise ValueError(
+                    f"The tasks in this batch have heads of different sizes {sorted(widths)}; the model cannot "
+                    "compute one loss over them. Drop labels and compute each task's loss from its logits."
+                )
+            pad_widths[path] = max(widths)
+    device = next((p.device for p in model.parameters()), None)
+    return MixedBatch(adapter_names, device, pad_widths)
 
 
 def _check_names(adapter_names: Any, known: Sequence[str], args: tuple, kwargs: dict) -> list[str]:

@@ -9,8 +9,7 @@ must carry their own prompts). :class:`SidecarLayer` is the peft boilerplate eve
   block and overwrites them at every later prompted block (the in-sequence path);
 * a forward pre-hook on every block's attention hands it extra keys/values (the key-value path, see
   :mod:`vpt_peft.engine.attention`);
-* forward hooks on the final norm and the backbone remove prompt positions from what the model returns;
-* under gradient checkpointing, a forward hook on the embeddings makes their output require grad.
+* forward hooks on the final norm and the backbone remove prompt positions from what the model returns.
 """
 
 from __future__ import annotations
@@ -21,14 +20,15 @@ from typing import Any, Optional
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import EXTRA_KV_ATTRIBUTE, ensure_installed, set_extra_key_values
+from .attention import EXTRA_KV_ATTRIBUTE, set_extra_key_values
 from .backbones import Backbone, get_path
 from .bank import PromptBank
+from .checks import check_pixel_values
 from .config import PromptConfigBase
-from .mixed import MixedBatch
-from .tokens import insert_prompts, open_prompt_slots, replace_prompts, strip_prompts, widen_block_mask
+from .mixed import MixedBatch, SingleTaskPlan
+from .tokens import open_prompt_slots, strip_prompts
+from .windows import WindowedPrompts
 
 SIDECAR_NAME = "prompt_adapter"
 
@@ -36,6 +36,12 @@ SIDECAR_NAME = "prompt_adapter"
 def _owned_by(hook: Any, owner: object) -> bool:
     func = hook.func if isinstance(hook, functools.partial) else hook
     return getattr(func, "__self__", None) is owner
+
+
+def has_owned_hook(module: nn.Module, owner: object) -> bool:
+    """Whether ``module`` already has a forward (pre-)hook that is a bound method of ``owner``."""
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    return any(_owned_by(hook, owner) for hook in hooks)
 
 
 def remove_owned_hooks(owner: object, root: nn.Module) -> None:
@@ -108,6 +114,9 @@ class SidecarLayer(nn.Module, BaseTunerLayer):
     def remove_hooks(self, root: nn.Module) -> None:
         """Remove every hook this sidecar registered under ``root`` (and anything it parked on modules)."""
         remove_owned_hooks(self, root)
+        helper = getattr(self, "windows", None)
+        if helper is not None:
+            remove_owned_hooks(helper, root)
         for module in root.modules():
             module.__dict__.pop(EXTRA_KV_ATTRIBUTE, None)
 
@@ -124,7 +133,9 @@ class PromptAdapterLayer(SidecarLayer):
         self.head_dims = backbone.layer_head_dims
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
+        self.num_channels = getattr(backbone.module.config, "num_channels", None)
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
+        self.windows: Optional[WindowedPrompts] = None  # the hooks' owner on windowed backbones
 
     def make_bank(self, config: PromptConfigBase, backbone: Backbone) -> PromptBank:
         """Build one adapter's bank (methods whose banks need more than the config override this)."""
@@ -136,6 +147,12 @@ class PromptAdapterLayer(SidecarLayer):
     # ----------------------------------------------------------------------------------------- hooks
     def register_hooks(self, backbone: Backbone) -> None:
         spec = backbone.spec
+        if spec.windows is not None:
+            # Windowed attention: prompt tokens travel beside the blocks' sequence (engine/windows.py).
+            backbone.module.register_forward_pre_hook(self._backbone_input_hook, with_kwargs=True)
+            self.windows = WindowedPrompts(self, backbone)
+            self.windows.register_hooks(backbone)
+            return
         for index, layer in enumerate(backbone.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer_pre_hook, index), with_kwargs=True)
             attention = get_path(layer, spec.attention)
@@ -147,66 +164,25 @@ class PromptAdapterLayer(SidecarLayer):
             bias = get_path(layer, spec.relative_position_bias) if spec.relative_position_bias else None
             if bias is not None:
                 bias.register_forward_hook(functools.partial(self._bias_hook, index))
-        checkpointable = tuple(m for m in backbone.module.modules() if isinstance(m, GradientCheckpointingLayer))
-        backbone.sub(spec.embeddings).register_forward_hook(functools.partial(self._embeddings_hook, checkpointable))
         if spec.final_norm is not None:
             backbone.sub(spec.final_norm).register_forward_hook(self._final_norm_hook)
+        backbone.module.register_forward_pre_hook(self._backbone_input_hook, with_kwargs=True)
         backbone.module.register_forward_hook(self._backbone_output_hook)
+
+    def plan(self) -> SingleTaskPlan | MixedBatch:
+        """What the running forward computes: a mixed-task batch's plan, or the active adapter's (or none)."""
+        return self.mixed_batch if self.mixed_batch is not None else SingleTaskPlan(self.active_bank())
 
     def prompt_slots(self) -> int:
         """Prompt slots in the residual stream of the running forward, stripped from what the model returns."""
-        if self.mixed_batch is not None:
-            return self.mixed_batch.sequence_slots(self)[0]
-        bank = self.active_bank()
-        return 0 if bank is None else bank.sequence_tokens
+        return self.plan().sequence_slots(self)[0]
 
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
-        if self.mixed_batch is not None:
-            return self.mixed_batch.layer_inputs(self, index, args, kwargs)
-        bank = self.active_bank()
-        if bank is None:
-            return None
-        p, n = bank.sequence_tokens, self.num_special_tokens
-        if p == 0 or index < bank.first_layer:
-            return args, kwargs
-        hidden = args[0]
-        slot = bank.layer_rows.get(index)
-        if slot is not None:
-            prompts = bank.prompts(slot, hidden.shape[0], hidden.dtype)
-            splice = insert_prompts if index == bank.first_layer else replace_prompts
-            hidden = splice(hidden, prompts, at=n)
-        return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
-
-    def _embeddings_hook(self, checkpointable: tuple[nn.Module, ...], module: nn.Module, args: tuple, output: Any):
-        """Under gradient checkpointing, let the embeddings' output require grad (as ``enable_input_require_grads``).
-
-        Reentrant checkpointing backpropagates into a checkpointed module only if one of its inputs requires grad.
-        With no prompt in the residual stream (the key-value path) nothing else would, and the prompts would
-        silently get no gradient. Done here, before the first block, because the checkpointed module may be a
-        container of the hooked blocks (Swin checkpoints whole stages), whose inputs the block hooks cannot reach.
-        """
-        if not torch.is_grad_enabled() or not any(m.gradient_checkpointing and m.training for m in checkpointable):
-            return None
-        hidden = output[0] if isinstance(output, tuple) else output
-        if not isinstance(hidden, torch.Tensor) or hidden.requires_grad:
-            return None
-        hidden = hidden.detach().requires_grad_()
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return self.plan().layer_inputs(self, index, module, args, kwargs)
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if self.mixed_batch is not None:
-            set_extra_key_values(module, self.mixed_batch.key_groups(self, index, norm, module, hidden))
-            return None
-        bank = self.active_bank()
-        extra = None
-        if bank is not None:
-            extra = bank.extra_key_values(
-                index, norm, module, hidden.shape[0], hidden.dtype, self.k_proj, self.v_proj, self.head_dims[index]
-            )
-        if extra is not None:
-            ensure_installed(module.config)
-        set_extra_key_values(module, extra)
+        set_extra_key_values(module, self.plan().extra_key_values(self, index, norm, module, hidden))
         return None
 
     def _attention_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -218,17 +194,19 @@ class PromptAdapterLayer(SidecarLayer):
 
     def _bias_hook(self, index: int, module: nn.Module, args: tuple, bias: torch.Tensor):
         """Relative position biases are built for the real tokens: prompts get zero bias (no position)."""
-        if self.mixed_batch is not None:
-            count, opening = self.mixed_batch.sequence_slots(self)
-            count = count if 0 <= opening <= index else 0
-        else:
-            bank = self.active_bank()
-            count = 0 if bank is None or index < bank.first_layer else bank.sequence_tokens
+        count, opening = self.plan().sequence_slots(self)
+        count = count if 0 <= opening <= index else 0
         return open_prompt_slots(bias, count, at=self.num_special_tokens) if count else None
 
     def _final_norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
         count = self.prompt_slots()
         return self._strip(output, count) if count else None
+
+    def _backbone_input_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Refuse malformed images with a message that says what is wrong (not an unpacking error deep inside)."""
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        if pixels is not None:
+            check_pixel_values(pixels, self.num_channels)
 
     def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
         """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""

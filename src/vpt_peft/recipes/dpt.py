@@ -31,7 +31,7 @@ def set_epoch(model: nn.Module, epoch: int) -> None:
 class DualPromptEpochCallback(TrainerCallback):
     """Keeps the DPT loss's epoch in step with ``transformers.Trainer`` (``callbacks=[DualPromptEpochCallback()]``)."""
 
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: nn.Module = None, **kwargs: Any):
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: nn.Module = None, **kwargs: Any) -> None:
         if model is not None:
             set_epoch(model, math.floor(state.epoch + 1e-6))
 

@@ -61,7 +61,7 @@ class Preset:
     wd_grid: tuple[float, ...] = WD_GRID
     prune: Optional[dict[str, Any]] = field(default=None)
 
-    def make_config(self, **overrides: Any):
+    def make_config(self, **overrides: Any) -> Any:
         """The peft config for this preset (``overrides`` win, e.g. ``num_prompts=20``)."""
         return self.config_cls(**{**self.config, **overrides})
 

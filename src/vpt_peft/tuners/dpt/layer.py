@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...engine.attention import ExtraKeyValues, split_heads
+from ...engine.attention import ExtraKeyValues, prompt_key_values
 from ...engine.backbones import Backbone
 from ...engine.bank import PromptBank
 from ...engine.sidecar import PromptAdapterLayer
@@ -94,17 +94,23 @@ class DualPromptVisionBank(PromptBank):
             return None
         return self.prompts(slot, hidden.shape[0], hidden.dtype)
 
-    def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
+    def extra_key_values(
+        self,
+        layer_index: int,
+        norm: nn.Module,
+        attention: nn.Module,
+        batch_size: int,
+        dtype: torch.dtype,
+        k_proj: str,
+        v_proj: str,
+        head_dim: int,
+    ) -> ExtraKeyValues | None:
         tokens = self.class_tokens.get(layer_index)
         if tokens is None:
             return super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
         if not self.uses_kv_path:
             return None
-        normed = norm(tokens.to(dtype))
-        return ExtraKeyValues(
-            split_heads(getattr(attention, k_proj)(normed), head_dim),
-            split_heads(getattr(attention, v_proj)(normed), head_dim),
-        )
+        return prompt_key_values(tokens.to(dtype), norm, attention, k_proj, v_proj, head_dim)
 
 
 class DualPromptVisionLayer(PromptAdapterLayer):

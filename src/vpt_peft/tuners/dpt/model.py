@@ -109,7 +109,9 @@ class DualPromptModel(PromptTuner):
         self.model.register_forward_hook(self._clip_post_hook, with_kwargs=True)
         return sidecar
 
-    def update_sidecar(self, sidecar: SidecarLayer, adapter_name: str, config: DualPromptConfig, target_key: str):
+    def update_sidecar(
+        self, sidecar: SidecarLayer, adapter_name: str, config: DualPromptConfig, target_key: str
+    ) -> None:
         if target_key == TEXT_EMBEDDINGS:
             token_embedding = self.model.get_submodule(TEXT_EMBEDDINGS).token_embedding
             sidecar.update_layer(adapter_name, config, token_embedding, self._tokens)

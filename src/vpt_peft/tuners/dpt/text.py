@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...engine.config import PROMPT_INIT_STD
 from ...engine.sidecar import SidecarLayer
 from ...engine.tokens import replace_prompts
 from ...engine.tuner import AdapterMismatchError
@@ -87,7 +88,7 @@ class TextPromptBank(nn.Module):
             ctx_shape = (config.num_classes, config.text_n_ctx, width) if config.csc else (config.text_n_ctx, width)
             self.ctx = nn.Parameter(torch.empty(ctx_shape, device=token_embedding.weight.device))
         self.template_cache: torch.Tensor | None = None
-        self.register_load_state_dict_pre_hook(self._check_loaded_shapes)
+        self.register_load_state_dict_pre_hook(self._forget_template_cache)
         if tokens is not None:
             self.reset(tokens, token_embedding)
 
@@ -103,11 +104,14 @@ class TextPromptBank(nn.Module):
         if tokens["init_ids"].numel():
             self.ctx.copy_(token_embedding(tokens["init_ids"].to(device)).expand_as(self.ctx))
         else:
-            self.ctx.normal_(0.0, 0.02)
+            self.ctx.normal_(0.0, PROMPT_INIT_STD)
 
-    def _check_loaded_shapes(self, module, state_dict, prefix, *args) -> None:
+    def _forget_template_cache(self, *args) -> None:
         self.template_cache = None
-        loaded = state_dict.get(prefix + "class_token_ids")
+
+    def check_incoming(self, state: dict[str, torch.Tensor]) -> None:
+        """Called with this bank's tensors before an adapter file is loaded: a changed class list is named as such."""
+        loaded = state.get("class_token_ids")
         if loaded is not None and loaded.shape != self.class_token_ids.shape:
             raise AdapterMismatchError(
                 f"The adapter was trained for {loaded.shape[0]} classes (prompts of {loaded.shape[1]} tokens) but the "

@@ -9,6 +9,7 @@ from torch import nn
 from ...engine.attention import ExtraKeyValues, split_heads
 from ...engine.backbones import Backbone
 from ...engine.bank import PromptBank, TensorRow, stacked_rows, stacked_shapes
+from ...engine.config import PROMPT_INIT_STD
 from ...engine.sidecar import PromptAdapterLayer
 from .config import KVPromptConfig
 
@@ -76,7 +77,7 @@ class KVPromptBank(PromptBank):
                 bound = math.sqrt(6.0 / max(1, config.num_kv_prompts * self.kv_head_dims[name]))
                 tensor.uniform_(-bound, bound)
             else:
-                nn.init.trunc_normal_(tensor, std=0.02)
+                nn.init.trunc_normal_(tensor, std=PROMPT_INIT_STD)
 
     @property
     def needs_extra_key_values(self) -> bool:
@@ -107,14 +108,16 @@ class KVPromptBank(PromptBank):
         tensor = self.kv_dropout(tensor.unsqueeze(0).expand(batch_size, -1, -1))
         return split_heads(tensor.to(dtype), self.kv_head_dims[name])
 
-    def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
-        visual = super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
-        rows = self.kv_rows.get(layer_index)
-        if rows is None or self.num_kv_prompts == 0:
-            return visual
-        # Dropout draws separate masks for the key copy and the value copy, as the official code.
-        kv = ExtraKeyValues(self._kv_heads(rows[0], batch_size, dtype), self._kv_heads(rows[1], batch_size, dtype))
-        return kv if visual is None else kv.cat(visual)
+    def kv_prompt_key_values(self, layer_index: int, rows: int, dtype: torch.dtype) -> Optional[ExtraKeyValues]:
+        """The key-value prompts of layer ``layer_index``, after the projections and the head split.
+
+        Dropout (training only) draws separate masks for the key copy and the value copy, as the official code,
+        one per attention row (a sample, or a window of a sample on Swin).
+        """
+        where = self.kv_rows.get(layer_index)
+        if where is None or self.num_kv_prompts == 0:
+            return None
+        return ExtraKeyValues(self._kv_heads(where[0], rows, dtype), self._kv_heads(where[1], rows, dtype))
 
 
 class KVPromptLayer(PromptAdapterLayer):
