@@ -235,7 +235,7 @@ class WindowedPrompts:
         per_sample = rows // call.batch
         streams = call.streams.get(index, {})
         counts = {t: stream.shape[1] for t, stream in streams.items()}
-        slots = max(counts.values(), default=0)
+        slots = max([0, *counts.values()])  # not max(..., default=0): dynamo breaks the graph on it
         call.slots[index] = slots
         extras = {t: self._extra(t, index, norm, module, per_sample, windows.dtype) for t in range(len(call.tasks))}
         self._park(module, call, counts, slots, extras, rows, length)
