@@ -13,6 +13,7 @@ tests/test_backbones_training.py (gradients, checkpointing, compile, bf16) and t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -46,6 +47,7 @@ from transformers import (
     ViTModel,
 )
 
+from vpt_peft import find_backbone
 from vpt_peft.recipes import RECIPES, Recipe
 
 from .clip_helpers import CLASSES, shared_tokenizer, tiny_clip
@@ -256,6 +258,18 @@ def matrix(select: Callable[[BackboneCase, MethodCase], bool] = lambda case, met
         for method in method_cases()
         if supports(case, method) and select(case, method)
     ]
+
+
+@functools.cache
+def family(case: BackboneCase) -> str:
+    """The backbone family of a row (its ``model_type`` as the backbone table reads it)."""
+    return find_backbone(build(case)).model_type
+
+
+def family_representative(case: BackboneCase, method: MethodCase) -> bool:
+    """The first row of its family that takes the method: for checks of how a method's prompts meet a family's
+    modules (checkpointing, dtypes, copies), where the other rows of a family differ only in their heads."""
+    return case is next(row for row in CASES if family(row) == family(case) and supports(row, method))
 
 
 def vision_methods(case: BackboneCase, method: MethodCase) -> bool:

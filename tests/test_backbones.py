@@ -68,14 +68,14 @@ def test_disable_adapter_and_unload_give_the_base_back(case: BackboneCase, metho
     """Disabled: the base bit for bit (same ops, same shapes). Unloaded: the base with every hook gone, its own
     tensors, and (peft's rule for ``modules_to_save``) the adapter's trained heads in place of the old ones."""
     base_kwargs = inputs(case, None, pixels)
-    want = run(build(case), base_kwargs)
+    expected = build(case)
+    want = run(expected, base_kwargs)
     model = adapted(case, method)
     perturb(model)
     with model.disable_adapter():
         assert_same(run(model, base_kwargs), want)
     with pytest.raises(ValueError, match="cannot be merged"):
         model.merge_and_unload()
-    expected = build(case)
     for name, module in model.base_model.model.named_modules():
         if isinstance(module, ModulesToSaveWrapper):
             expected.get_submodule(name).load_state_dict(module.modules_to_save["default"].state_dict())

@@ -21,6 +21,7 @@ from .backbone_cases import (
     adapted,
     assert_same,
     build,
+    family_representative,
     inputs,
     matrix,
     perturb,
@@ -37,7 +38,7 @@ def _saved_name(parameter_name: str, adapter_name: str = "default") -> str:
 @pytest.mark.parametrize("case, method", matrix())
 def test_adapter_state_dict_holds_prompts_and_heads_only(case: BackboneCase, method: MethodCase, pixels, tmp_path):
     """The adapter file is every trainable tensor (prompts, gates, heads) plus the sidecars' buffers, nothing of the
-    frozen model; it reloads onto a fresh base (its own head init) bit for bit, also with ``low_cpu_mem_usage``."""
+    frozen model; it reloads onto a fresh base (its own head init, on the meta device first) bit for bit."""
     kwargs = inputs(case, method, pixels)
     model = adapted(case, method)
     perturb(model)
@@ -59,12 +60,11 @@ def test_adapter_state_dict_holds_prompts_and_heads_only(case: BackboneCase, met
     payload = sum(t.numel() * t.element_size() for t in tensors.values())
     assert payload < (tmp_path / "adapter_model.safetensors").stat().st_size < payload + 4096  # plus a small header
     assert type(PeftConfig.from_pretrained(tmp_path)) is method.recipe.config_cls
-    for low_cpu_mem_usage in (False, True):
-        loaded = PeftModel.from_pretrained(build(case), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage).eval()
-        assert_same(run(loaded, kwargs), want)
+    loaded = PeftModel.from_pretrained(build(case), tmp_path, low_cpu_mem_usage=True).eval()  # the plain load:
+    assert_same(run(loaded, kwargs), want)  # test_adapter_management's load_adapter
 
 
-@pytest.mark.parametrize("case, method", matrix())
+@pytest.mark.parametrize("case, method", matrix(family_representative))
 def test_deepcopy_and_pickle_keep_their_own_prompts(case: BackboneCase, method: MethodCase, pixels):
     """Hooks are bound methods of the copied sidecars, never closures over the original's prompts."""
     kwargs = inputs(case, method, pixels)

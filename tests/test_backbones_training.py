@@ -1,13 +1,13 @@
 """Training over the backbone x method matrix: where gradients go, gradient checkpointing, torch.compile, bf16.
 
-Cells come from tests/backbone_cases.py, so every registered method on every backbone row runs each check (compile
-runs a representative subset, see :func:`_compile_cells`).
+Cells come from tests/backbone_cases.py: every registered method on the first row of every backbone family (the
+other rows of a family differ in their heads, which tests/test_backbones*.py check on every row); compile runs a
+representative subset (see :func:`_compile_cells`).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
@@ -19,7 +19,8 @@ from .backbone_cases import (
     BackboneCase,
     MethodCase,
     adapted,
-    build,
+    family,
+    family_representative,
     inputs,
     is_adapter_parameter,
     main_output,
@@ -38,7 +39,7 @@ def _gradients(model: torch.nn.Module, kwargs: dict, seed: int = 4) -> dict[str,
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("case, method", matrix())
+@pytest.mark.parametrize("case, method", matrix(family_representative))
 def test_gradients_reach_only_prompts_and_heads(case: BackboneCase, method: MethodCase, pixels):
     """The frozen backbone gets no gradient; what trains is exactly the adapter's tensors, and the prompts learn."""
     model = adapted(case, method)
@@ -50,7 +51,7 @@ def test_gradients_reach_only_prompts_and_heads(case: BackboneCase, method: Meth
 
 
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
-@pytest.mark.parametrize("case, method", matrix())
+@pytest.mark.parametrize("case, method", matrix(family_representative))
 def test_gradient_checkpointing_gives_the_same_gradients(case: BackboneCase, method: MethodCase, reentrant, pixels):
     """Checkpointing enabled on the peft model (as the Trainer does; forwarded to the base model) recomputes the
     blocks in backward (the prompts' keys/values and their dropout included) and gives a plain run's gradients."""
@@ -79,7 +80,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(case: BackboneCase, met
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("case, method", matrix())
+@pytest.mark.parametrize("case, method", matrix(family_representative))
 def test_bfloat16_forward_and_backward(case: BackboneCase, method: MethodCase, pixels):
     """A bf16 model (prompts cast with it) computes what the float32 one does to bf16 precision, and trains."""
     model32 = adapted(case, method)
@@ -100,30 +101,26 @@ def test_bfloat16_forward_and_backward(case: BackboneCase, method: MethodCase, p
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@functools.cache
-def _family(case: BackboneCase) -> str:
-    return vpt_peft.find_backbone(build(case)).model_type
-
-
 def _compile_cells() -> list:
-    """Tracing a tiny model costs dynamo 3-5 s of CPU whatever the backend, so all ~75 cells would take 5 minutes.
+    """Tracing a tiny model costs dynamo 3-5 s of CPU whatever the backend, so all ~80 cells would take 5 minutes.
 
-    What compiles differs by the hooks a method installs and by the modules of a family they sit on: every method
-    runs once, on the first row that takes it, and the first row of every other family runs one method, deep
-    prompts in the sequence where the family has that path (insert, replace, strip and bias hooks)."""
-    cells = {}
-    for method in method_cases():
-        first = matrix(lambda case, m, name=method.name: m.name == name)[0]
-        cells[first.id] = first
-    rows: dict[str, BackboneCase] = {}
+    Every method runs once. The families whose prompts go through hooks of their own (the rows without a
+    hand-written layout: BEiT's relative position bias, Swin's windows) come first, each with a method not yet
+    chosen; the remaining methods run on the first row that takes them. The other ViT-like families run the same
+    hooks on the same kind of block."""
+    own_hooks: dict[str, BackboneCase] = {}
     for case in CASES:
-        rows.setdefault(_family(case), case)
-    for row in rows.values():
-        candidates = matrix(lambda case, method, row=row: case is row and not method.dual_encoder)
-        in_sequence = [c for c in candidates if c.values[1].fields().get("prompt_path") == "sequence"]
-        cell = (in_sequence or candidates)[0]
-        cells.setdefault(cell.id, cell)
-    return list(cells.values())
+        if case.layout is None:
+            own_hooks.setdefault(family(case), case)
+    cells, chosen = [], set()
+    for row in own_hooks.values():
+        cell = next(c for c in matrix(lambda case, m, row=row: case is row) if c.values[1].name not in chosen)
+        cells.append(cell)
+        chosen.add(cell.values[1].name)
+    for method in method_cases():
+        if method.name not in chosen:
+            cells.append(matrix(lambda case, m, name=method.name: m.name == name)[0])
+    return cells
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ test_ddp.py, VPT deepcopy/pickle in test_vpt_adapter.py.
 from __future__ import annotations
 
 import copy
-import pickle
 
 import pytest
 import torch
@@ -84,18 +83,6 @@ def test_model_to_float64_computes_the_same_function(method, pixels):
     got = model(pixels.double()).logits
     assert got.dtype == torch.float64
     assert_equal_to_rounding(got.float(), want)
-
-
-@pytest.mark.parametrize("method", ["vfpt", "e2vpt"])  # VPT: test_vpt_adapter.py
-def test_deepcopy_and_pickle_keep_their_own_prompts(method, pixels):
-    model = get_peft_model(tiny_vit(), CONFIGS[method]()).eval()
-    clone, restored = copy.deepcopy(model), pickle.loads(pickle.dumps(model))
-    want = model(pixels).logits
-    assert torch.equal(clone(pixels).logits, want) and torch.equal(restored(pixels).logits, want)
-    with torch.no_grad():  # not a constant shift: the pre-attention LayerNorm would remove that
-        prompt_param(model).add_(torch.randn_like(prompt_param(model)))
-    assert torch.equal(clone(pixels).logits, want) and torch.equal(restored(pixels).logits, want)
-    assert not torch.allclose(model(pixels).logits, want)
 
 
 def _trainer(output_dir, seed_model: int = 0) -> Trainer:
