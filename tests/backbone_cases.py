@@ -211,19 +211,24 @@ class MethodCase:
     def dual_encoder(self) -> bool:
         return self.recipe.base_model == "dual-encoder"
 
-    def fields(self, **extra: Any) -> dict[str, Any]:
-        """The config fields: the recipe's code defaults, tiny sizes, what the CLI gives a dual encoder, overrides."""
+    def overrides_for_tests(self, **extra: Any) -> dict[str, Any]:
+        """What the matrix sets on top of the recipe's code-default preset: tiny sizes, what the CLI gives a dual
+        encoder (its classes, as text prompts), the variant's fields, then ``extra``."""
         recipe = self.recipe
         known = recipe.config_cls.__dataclass_fields__
         sizes = {recipe.field_aliases.get(k, k): v for k, v in TINY_FIELDS.items()}
-        fields = {**recipe.presets(None).config, **{k: v for k, v in sizes.items() if k in known}}
-        if self.dual_encoder:  # the classes are text prompts (the CLI passes the dataset's labels the same way)
-            fields.update(class_names=list(CLASSES), tokenizer=shared_tokenizer())
-        return {**fields, **self.overrides, **extra}
+        overrides = {k: v for k, v in sizes.items() if k in known}
+        if self.dual_encoder:
+            overrides.update(class_names=list(CLASSES), tokenizer=shared_tokenizer())
+        return {**overrides, **self.overrides, **extra}
+
+    def fields(self, **extra: Any) -> dict[str, Any]:
+        """The config's fields as :meth:`config` sets them."""
+        return {**self.recipe.presets(None).config, **self.overrides_for_tests(**extra)}
 
     def config(self, **extra: Any) -> PeftConfig:
         """A fresh config (get_peft_model fills in fields, so a config is never shared between models)."""
-        return self.recipe.config_cls(**self.fields(**extra))
+        return self.recipe.presets(None).make_config(**self.overrides_for_tests(**extra))
 
 
 def method_cases() -> list[MethodCase]:
