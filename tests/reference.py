@@ -40,6 +40,18 @@ def vit_embed(backbone, pixel_values, num_special):
     return x + emb.position_embeddings.detach().double()
 
 
+def projections(layer_attn, out_proj="o_proj"):
+    """The (query, key, value, output) linear layers of an attention module, in the layout it has.
+
+    transformers 5.18 gave Dinov2 ``q_proj``/``k_proj``/``v_proj``/``o_proj`` on the attention module; before,
+    they sat at ``attention.query``/``key``/``value`` and ``output.dense``. Read from the module, like the library.
+    """
+    if hasattr(layer_attn, "k_proj"):
+        return layer_attn.q_proj, layer_attn.k_proj, layer_attn.v_proj, getattr(layer_attn, out_proj)
+    inner = layer_attn.attention
+    return inner.query, inner.key, inner.value, layer_attn.output.dense
+
+
 def attention(layer_attn, h, num_heads, extra_kv=None, out_proj="o_proj"):
     """Multi-head attention; ``extra_kv`` = (k, v) of shape (B, T, d) appended to the keys/values."""
     B, S, d = h.shape
@@ -48,13 +60,14 @@ def attention(layer_attn, h, num_heads, extra_kv=None, out_proj="o_proj"):
     def heads(t):
         return t.view(B, -1, num_heads, hd).transpose(1, 2)
 
-    q, k, v = heads(_lin(h, layer_attn.q_proj)), heads(_lin(h, layer_attn.k_proj)), heads(_lin(h, layer_attn.v_proj))
+    q_proj, k_proj, v_proj, o_proj = projections(layer_attn, out_proj)
+    q, k, v = heads(_lin(h, q_proj)), heads(_lin(h, k_proj)), heads(_lin(h, v_proj))
     if extra_kv is not None:
         k = torch.cat([k, heads(extra_kv[0].double().expand(B, -1, -1))], dim=2)
         v = torch.cat([v, heads(extra_kv[1].double().expand(B, -1, -1))], dim=2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
     out = scores.softmax(-1) @ v
-    return _lin(out.transpose(1, 2).reshape(B, S, d), getattr(layer_attn, out_proj))
+    return _lin(out.transpose(1, 2).reshape(B, S, d), o_proj)
 
 
 def vit_reference(model, pixel_values, prompts=None, num_special=1, kv_prompts=None, visual_as_kv=False):

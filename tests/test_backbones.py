@@ -95,9 +95,8 @@ def _reference_sequence(case: BackboneCase, backbone, pixels, prompts: dict, kv:
             inserted = P.shape[1]
         attn = layer.get_submodule(layout.attention)
         extra = tuple(t.double().unsqueeze(0) for t in kv[i]) if i in kv else None
-        a = attention(
-            attn, _ln(x, layer.get_submodule(layout.norm1)), x.shape[-1] // attn.head_dim, extra, layout.out_proj
-        )
+        heads = backbone.config.num_attention_heads
+        a = attention(attn, _ln(x, layer.get_submodule(layout.norm1)), heads, extra, layout.out_proj)
         x = x + (a * layer.get_parameter(layout.scale1).double() if layout.scale1 else a)
         mlp = layer.mlp
         m = _lin(layout.activation(_lin(_ln(x, layer.get_submodule(layout.norm2)), mlp.fc1)), mlp.fc2)

@@ -13,7 +13,7 @@ passed to ``get_peft_model``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Union
 
@@ -25,6 +25,19 @@ class UnsupportedModelError(ValueError):
     """The model has no backbone that vpt_peft knows how to prompt."""
 
 
+# The fields of a BackboneSpec that name modules: what an older transformers release may have called differently.
+PATH_FIELDS = (
+    "embeddings",
+    "layers",
+    "attention",
+    "attention_norm",
+    "k_proj",
+    "v_proj",
+    "final_norm",
+    "relative_position_bias",
+)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """Where prompts go in one backbone family (paths relative to the backbone module).
@@ -34,6 +47,10 @@ class BackboneSpec:
     whose output is an additive ``(..., S, S)`` bias for the real tokens (padded with zeros for prompts).
     ``prompts_in_sequence=False`` marks windowed attention, where prompt tokens cannot join the token
     sequence: prompts then enter every window's attention as extra keys/values only.
+
+    ``older_layouts`` keeps a family working across transformers releases that renamed its modules: each
+    entry maps path fields to the names an older release used, and :func:`find_backbone` takes the first
+    layout whose paths exist in the model it is given (it reads the module structure, never a version).
     """
 
     embeddings: str = "embeddings"
@@ -48,10 +65,23 @@ class BackboneSpec:
     prompts_in_sequence: bool = True
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
+    older_layouts: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
+
+    def __post_init__(self) -> None:
+        for layout in self.older_layouts:
+            unknown = set(layout) - set(PATH_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"BackboneSpec.older_layouts: {sorted(unknown)} are not path fields; accepted: {PATH_FIELDS}."
+                )
 
     def special_tokens(self, config: object) -> int:
         n = self.num_special_tokens
         return n(config) if callable(n) else n
+
+    def layouts(self) -> list[BackboneSpec]:
+        """This spec, then one spec per older layout (its path fields replaced), in the order to try them."""
+        return [self] + [replace(self, **dict(layout), older_layouts=()) for layout in self.older_layouts]
 
 
 def cls_and_registers(config: object) -> int:
@@ -60,7 +90,12 @@ def cls_and_registers(config: object) -> int:
 
 
 # Block layouts shared by two families each (the entries below differ only in tokens and pooling).
-DINOV2_BLOCKS = BackboneSpec(layers="encoder.layer", attention_norm="norm1")
+# Dinov2 before transformers 5.18 kept its projections one level down, as attention.attention.key/value.
+DINOV2_BLOCKS = BackboneSpec(
+    layers="encoder.layer",
+    attention_norm="norm1",
+    older_layouts=({"attention": "attention.attention", "k_proj": "key", "v_proj": "value"},),
+)
 CLIP_BLOCKS = BackboneSpec(layers="encoder.layers", attention="self_attn", attention_norm="layer_norm1")
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -125,6 +160,33 @@ def _has_path(root: nn.Module, path: str) -> bool:
     return True
 
 
+def _fits(root: nn.Module, spec: BackboneSpec) -> bool:
+    """Whether every path of ``spec`` exists in ``root`` (checked on the first block)."""
+    if not (_has_path(root, spec.embeddings) and _has_path(root, spec.layers)):
+        return False
+    layers = _get_layers(root, spec.layers)
+    if not layers:
+        return True
+    inside = [spec.attention_norm, f"{spec.attention}.{spec.k_proj}", f"{spec.attention}.{spec.v_proj}"]
+    return all(_has_path(layers[0], path) for path in inside)
+
+
+def _layout(root: nn.Module, spec: BackboneSpec) -> Union[BackboneSpec, None]:
+    """The first of ``spec``'s layouts that fits ``root`` (None: ``root`` has no such embeddings and blocks).
+
+    A layout whose embeddings and blocks exist but whose attention paths do not is still taken when no
+    layout fits entirely, so that a mistyped registered spec fails on the missing attribute, by name.
+    """
+    layouts = spec.layouts()
+    for layout in layouts:
+        if _fits(root, layout):
+            return layout
+    for layout in layouts:
+        if _has_path(root, layout.embeddings) and _has_path(root, layout.layers):
+            return layout
+    return None
+
+
 def _get_layers(root: nn.Module, path: str) -> list[nn.Module]:
     """The blocks at ``path``, in forward order; ``*`` iterates a list and continues in each element."""
     head, star, rest = path.partition(".*")
@@ -187,8 +249,8 @@ def find_backbone(model: nn.Module) -> Backbone:
         model_type = getattr(config, "model_type", None)
         if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
             continue
-        spec = BACKBONES[model_type]
-        if _has_path(module, spec.embeddings) and _has_path(module, spec.layers):
+        spec = _layout(module, BACKBONES[model_type])
+        if spec is not None:
             found.append((name, module, model_type, spec))
     if not found:
         raise _unsupported(model)
