@@ -257,6 +257,8 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
     # ----------------------------------------------------------------------------------------- hooks
     def register_hooks(self, backbone: Backbone) -> None:
         spec = backbone.spec
+        embeddings_hook = functools.partial(self._embeddings_hook, backbone.layers)
+        backbone.sub(spec.embeddings).register_forward_hook(embeddings_hook)
         for index, layer in enumerate(backbone.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer_pre_hook, index), with_kwargs=True)
             attention = _get_path(layer, spec.attention)
@@ -300,11 +302,6 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
         bank = self.active_bank()
         if bank is None:
             return None
-        checkpointed = getattr(module, "gradient_checkpointing", False) and module.training
-        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
-            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
-            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
-            args = (args[0].detach().requires_grad_(), *args[1:])
         p, n = bank.sequence_tokens, self.num_special_tokens
         if p == 0 or index < bank.first_layer:
             return args, kwargs
@@ -315,6 +312,25 @@ class PromptAdapterLayer(nn.Module, BaseTunerLayer):
             splice = insert_prompts if index == bank.first_layer else replace_prompts
             hidden = splice(hidden, prompts, at=n)
         return _open_mask_slots((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
+
+    def _embeddings_hook(self, layers: list[nn.Module], module: nn.Module, args: tuple, output: Any):
+        """Make the blocks' input require grad when checkpointed blocks must pass gradients to key-value prompts.
+
+        Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no prompt
+        in the residual stream nothing does, and the key-value prompts would get no gradient. This is done on
+        the embeddings' output because it is outside every block's checkpoint: transformers < 5.23 checkpoints
+        a block's ``__call__``, so the block's own pre-hooks run inside the checkpoint, too late.
+        """
+        bank = self.active_bank() if self.mixed_batch is None else None
+        if bank is None or not bank.needs_extra_key_values or not torch.is_grad_enabled():
+            return None
+        if not any(getattr(layer, "gradient_checkpointing", False) and layer.training for layer in layers):
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        if hidden.requires_grad:
+            return None
+        hidden = hidden.detach().requires_grad_()
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _attention_pre_hook(self, index: int, norm: nn.Module, module: nn.Module, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
