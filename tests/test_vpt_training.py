@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 from vpt_peft import VisualPromptConfig
 
-from .helpers import prompt_param, tiny_vit
+from .helpers import enable_checkpointing, prompt_param, tiny_vit
 
 
 def test_gradients_reach_only_prompts_and_head(pixels):
@@ -69,7 +69,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant, path, pixels
     for checkpointing in (False, True):
         base = tiny_vit()
         if checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            enable_checkpointing(base, reentrant)
         torch.manual_seed(3)
         model = get_peft_model(base, VisualPromptConfig(num_prompts=4, deep=True, prompt_path=path, prompt_dropout=0.1))
         model.train()
@@ -121,9 +121,7 @@ def test_checkpointing_enabled_after_get_peft_model_still_trains_kv_prompts(reen
         torch.manual_seed(3)
         model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True, prompt_dropout=0.0))
         if checkpointing:
-            model.base_model.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": reentrant}
-            )
+            enable_checkpointing(model.base_model.model, reentrant)
         model.train()
         model(pixels, labels=torch.tensor([0, 2])).loss.backward()
         grads.append(prompt_param(model).grad)

@@ -19,6 +19,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 
+from ..._compat import checkpointing_enable_call
 from ...attention import ensure_installed
 from ...backbones import find_backbone
 from ..prompt.layer import remove_owned_hooks
@@ -57,8 +58,8 @@ def _check_checkpointing(vision_layers: nn.ModuleList) -> None:
         if layer.training and getattr(layer, "gradient_checkpointing", False) and func is not None:
             if getattr(func, "keywords", {}).get("use_reentrant", True):
                 raise ValueError(
-                    "CAVPT needs non-reentrant gradient checkpointing: gradient_checkpointing_enable("
-                    "gradient_checkpointing_kwargs={'use_reentrant': False}) (or use_cavpt=False)."
+                    f"CAVPT needs non-reentrant gradient checkpointing: {checkpointing_enable_call(False)} "
+                    "(or use_cavpt=False)."
                 )
 
 
