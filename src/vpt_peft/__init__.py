@@ -7,6 +7,7 @@
 from peft import PeftConfig, PeftModel, get_peft_model
 
 from ._registry import extend_peft_type, register_method
+from ._version import __version__ as __version__
 
 for _name in ("vpt", "vfpt", "kvprompt", "dpt"):
     extend_peft_type(_name)
@@ -43,8 +44,6 @@ register_method("vpt", VisualPromptConfig, VisualPromptModel)
 register_method("vfpt", FourierPromptConfig, FourierPromptModel)
 register_method("kvprompt", KVPromptConfig, KVPromptModel)
 register_method("dpt", DualPromptConfig, DualPromptModel)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKBONES",
