@@ -66,6 +66,13 @@ def _can_build() -> str:
     return ""
 
 
+def _installed_package_dirs() -> list[str]:
+    """This environment's site-packages directories, never the checkout's ``src`` an editable install may add."""
+    dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    dirs.update(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    return sorted(dirs)
+
+
 def _run(args: list, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -101,10 +108,10 @@ def test_wheel_installs_next_to_installed_dependencies_and_runs_the_quickstart(t
     python = venv / "bin" / "python"
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site = Path(_run([python, "-c", purelib], cwd=tmp_path).stdout.strip())
-    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (site / "installed-dependencies.pth").write_text("\n".join(sorted(here)) + "\n")
+    (site / "installed-dependencies.pth").write_text("\n".join(_installed_package_dirs()) + "\n")
 
-    pip = [sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--disable-pip-version-check"]
+    # --isolated: no pip config, so no find-links either; only what is installed can satisfy a requirement.
+    pip = [sys.executable, "-m", "pip", "--isolated", "--python", python, "install", "--no-index"]
     plan = _run([*pip, "--dry-run", wheel], cwd=tmp_path).stdout
     would = [line for line in plan.splitlines() if line.startswith("Would install")]
     assert would == [f"Would install vpt-peft-{wheel.name.split('-')[1]}"], plan[-2000:]
