@@ -7,7 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpt-peft-installed
 
-.PHONY: venv test test-kernels test-compat demo docs bench clean
+ADAPTERS_VENV := .venv-adapters
+ADAPTERS_STAMP := $(ADAPTERS_VENV)/.installed
+
+.PHONY: venv test test-kernels test-compat demo docs bench bench-adapters-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +62,19 @@ test-compat: $(COMPAT_VENVS:%=%/.installed)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+# The adapters library (a peer in bench/peers.py) pins transformers 4.57, so it gets a virtualenv of its own;
+# torch is pinned first, as above, so no CUDA build is pulled.
+$(ADAPTERS_STAMP):
+	$(PYTHON) -m venv $(ADAPTERS_VENV)
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet "torch==2.13.0" "adapters==1.3.0" "transformers==4.57.6"
+	touch $(ADAPTERS_STAMP)
+
+bench-adapters-venv: $(ADAPTERS_STAMP)
+
+bench: $(STAMP) $(ADAPTERS_STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENVS) site build dist src/*.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) $(COMPAT_VENVS) site build dist src/*.egg-info

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 import vpt_peft
-from vpt_peft.tuners.prompt.layer import PromptBank
+from vpt_peft.engine.bank import PromptBank
 
 MIB = 2**20
 SEED = 0

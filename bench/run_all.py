@@ -1,7 +1,8 @@
 """Run every benchmark in turn (``make bench``); ``--quick``, ``--steps N`` and ``--device`` pass through.
 
-On one CPU thread the defaults take about twenty-five minutes (multitask.py alone about ten); the printed
-markdown goes into docs/benchmarks.md.
+On one CPU thread the defaults take about an hour (multitask.py about ten minutes, peers.py about twenty-five);
+the printed markdown goes into docs/benchmarks.md. peers.py's adapters-library row needs ``make
+bench-adapters-venv`` (``make bench`` runs it first).
 
     python bench/run_all.py [--quick] [--steps N] [--device cpu|cuda]
 """
@@ -17,6 +18,8 @@ import dpt_step
 import e2vpt_pruning
 import fast_path
 import multitask
+import peers
+import swin_fast_path
 import vfpt_overhead
 
 
@@ -29,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     shared = ["--device", args.device] + (["--quick"] if args.quick else [])
     shared += ["--steps", str(args.steps)] if args.steps is not None else []
     start = time.perf_counter()
-    for bench in (vfpt_overhead, fast_path, e2vpt_pruning, dpt_step, multitask):
+    for bench in (vfpt_overhead, fast_path, swin_fast_path, e2vpt_pruning, dpt_step, multitask, peers):
         bench.main(shared)
     print(f"all benchmarks: {time.perf_counter() - start:.0f} s wall")
 

@@ -1,4 +1,4 @@
-"""Print the backbone support matrix of docs/backbones.md from ``vpt_peft.backbones.BACKBONES``.
+"""Print the backbone support matrix of docs/backbones.md from ``vpt_peft.engine.backbones.BACKBONES``.
 
 Usage (from the repository root)::
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vpt_peft.backbones import BACKBONES, BackboneSpec
+from vpt_peft.engine.backbones import BACKBONES, BackboneSpec
 
 COLUMNS = (
     "`config.model_type`",
@@ -61,7 +61,7 @@ def row(model_type: str, spec: BackboneSpec) -> list[str]:
         f"{_code(spec.attention)} ({_code(spec.attention_norm)}; {_code(spec.k_proj)}, {_code(spec.v_proj)})",
         _code(spec.final_norm) if spec.final_norm else "none",
         _code(spec.relative_position_bias) if spec.relative_position_bias else "none",
-        "sequence tokens or keys/values" if spec.prompts_in_sequence else "keys/values in every window",
+        "sequence tokens or keys/values" if spec.prompts_in_sequence else "tokens in every window, carried beside",
         notes or "-",
     ]
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from vpt_peft import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
-from vpt_peft.data import DIGIT_TASKS, digits_task
-from vpt_peft.suite import Method, format_table, run_method, verdicts, write_tables
-from vpt_peft.training import evaluate, pretrained_digits_vit
-from vpt_peft.viz import plot_accuracy_vs_params, plot_training_curves, save_attention_maps
+from vpt_peft.demo.digits import DIGIT_TASKS, digits_task
+from vpt_peft.demo.suite import Method, format_table, run_method, verdicts, write_tables
+from vpt_peft.demo.training import evaluate, pretrained_digits_vit
+from vpt_peft.demo.viz import plot_accuracy_vs_params, plot_training_curves, save_attention_maps
 
 TASKS = ("noisy", "inverted", "orientation", "loops")
 # Base lrs (for batch 256) picked from the papers' grid by a small search on the noisy and inverted tasks

@@ -25,8 +25,8 @@ from transformers import ViTForImageClassification
 
 import vpt_peft  # noqa: F401  (registers the methods with peft)
 from vpt_peft import BASE_ADAPTER, VisualPromptConfig
-from vpt_peft.data import digits_task
-from vpt_peft.training import fit, pretrained_digits_vit
+from vpt_peft.demo.digits import digits_task
+from vpt_peft.demo.training import fit, pretrained_digits_vit
 
 
 def tasks() -> dict[str, tuple[VisualPromptConfig, tuple, tuple]]:

@@ -92,7 +92,6 @@ class BackboneCase:
     backbone: str  # attribute path of the backbone inside the model ("" = the model itself)
     num_special: int
     layout: Optional[Layout] = None  # None: no hand-written reference (relative biases, windows)
-    in_sequence: bool = True  # the in-sequence prompt path exists
     classifier: bool = True
 
 
@@ -193,7 +192,7 @@ CASES = [
     ),
     BackboneCase("beit", lambda: _beit(use_relative_position_bias=True), "beit", 1),
     BackboneCase("beit-shared-bias", lambda: _beit(use_shared_relative_position_bias=True), "beit", 1),
-    BackboneCase("swin", _swin, "swin", 0, in_sequence=False),
+    BackboneCase("swin", _swin, "swin", 0),
 ]
 
 METHODS = {
@@ -209,10 +208,6 @@ def build(case: BackboneCase, seed: int = 0) -> torch.nn.Module:
     """The case's model, seeded, frozen and in eval mode (so the base reference uses frozen-weight kernels)."""
     torch.manual_seed(seed)
     return case.build().eval().requires_grad_(False)
-
-
-def method_supported(case: BackboneCase, method: str) -> bool:
-    return case.in_sequence or method != "vpt-deep-sequence"
 
 
 def backbone_of(model: torch.nn.Module, case: BackboneCase) -> torch.nn.Module:

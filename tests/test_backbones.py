@@ -12,16 +12,11 @@ from transformers import BertConfig, BertModel, ResNetConfig, ResNetForImageClas
 import vpt_peft
 from vpt_peft import UnsupportedModelError, VisualPromptConfig
 
-from .backbone_cases import CASES, METHODS, BackboneCase, backbone_of, build, method_supported
+from .backbone_cases import CASES, METHODS, BackboneCase, backbone_of, build
 from .helpers import sidecar
 from .reference import _lin, _ln, attention
 
-MATRIX = [
-    pytest.param(case, method, id=f"{case.name}-{method}")
-    for case in CASES
-    for method in METHODS
-    if method_supported(case, method)
-]
+MATRIX = [pytest.param(case, method, id=f"{case.name}-{method}") for case in CASES for method in METHODS]
 REFERENCE_MATRIX = [p for p in MATRIX if p.values[0].layout is not None and p.values[1] != "vpt-deep-sequence"]
 
 
@@ -114,9 +109,9 @@ def test_vit_like_backbones_match_an_independent_reference(case: BackboneCase, m
     model = get_peft_model(base, METHODS[method]()).eval()
     bank = sidecar(model).banks["default"]
     with torch.no_grad():
-        prompts = {layer: bank.prompts(slot, 1, torch.float32)[0] for layer, slot in bank.layer_slots.items()}
+        prompts = {layer: bank.prompts(slot, 1, torch.float32)[0] for layer, slot in bank.layer_rows.items()}
         kv = {}
-        for layer, (key, value) in getattr(bank, "kv_slots", {}).items():
+        for layer, (key, value) in getattr(bank, "kv_rows", {}).items():
             kv[layer] = (getattr(bank, key[0])[key[1]], getattr(bank, value[0])[value[1]])
         backbone = backbone_of(model.base_model.model, case)
         got = backbone(pixel_values=pixels).last_hidden_state
@@ -125,7 +120,7 @@ def test_vit_like_backbones_match_an_independent_reference(case: BackboneCase, m
 
 
 @pytest.mark.parametrize("method", ["vpt-deep", "vfpt", "e2vpt"])
-@pytest.mark.parametrize("case", [c for c in CASES if c.in_sequence], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_key_value_path_equals_the_sequence_path(case: BackboneCase, method: str, pixels):
     """Same outputs and same prompt gradients: the fast path is exact, not an approximation."""
     outputs, grads = [], []
@@ -156,12 +151,6 @@ def test_prompts_change_only_the_layers_from_their_own_on(case: BackboneCase, pi
     for want, got in zip(base.hidden_states[:-1], prompted.hidden_states[:-1]):
         assert torch.equal(got, want)
     assert not torch.allclose(prompted.logits, base.logits)
-
-
-def test_swin_refuses_the_sequence_path_clearly():
-    swin = next(c for c in CASES if c.name == "swin")
-    with pytest.raises(ValueError, match="windows"):
-        get_peft_model(build(swin), VisualPromptConfig(num_prompts=2, deep=True, prompt_path="sequence"))
 
 
 def test_swin_stores_one_prompt_tensor_per_stage_width():

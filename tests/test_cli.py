@@ -150,17 +150,36 @@ def test_option_that_does_not_fit_the_method(workspace, capsys, tmp_path):
     assert "--fourier-ratio only applies to --method vfpt" in err
 
 
-def test_dpt_listed_only_when_the_library_has_it(capsys):
-    import vpt_peft
+def test_every_registered_recipe_is_a_method_choice():
+    from vpt_peft import recipes
 
     train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    method_line = next(line for line in train_help.splitlines() if line.strip().startswith("--method"))
-    assert ("dpt" in method_line) == hasattr(vpt_peft, "DualPromptConfig")
-    if not hasattr(vpt_peft, "DualPromptConfig"):
-        err = _one_line_error(
-            capsys, ["train", "--model", "m", "--dataset", "d", "--method", "dpt", "--output", "o"], 2
-        )
-        assert "DualPromptConfig" in err
+    method_help = train_help[train_help.index("--method") :]
+    assert set(recipes.recipe_names()) >= {"vpt-shallow", "vpt-deep", "vfpt", "e2vpt", "dpt"}
+    assert all(name in method_help for name in recipes.recipe_names())
+
+
+@pytest.mark.parametrize(
+    "layout,words",
+    [("{}.png", "no class sub-folders"), ("cat/{}.png", "one class sub-folder")],
+    ids=["flat", "one-class"],
+)
+def test_an_image_folder_without_two_classes_says_how_to_lay_it_out(workspace, capsys, tmp_path, layout, words):
+    _, model_dir = workspace
+    for i in range(6):
+        (tmp_path / "images" / layout.format(i)).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / layout.format(i))
+    argv = ["train", "--model", str(model_dir), "--dataset", str(tmp_path / "images"), "--output", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the datasets library's progress bars
+    assert err.startswith("vpt-peft: error: ") and words in err and "<class name>" in err
+
+
+def test_dpt_on_a_vision_only_checkpoint_is_refused_before_training(workspace, capsys, tmp_path):
+    _, model_dir = workspace
+    argv = ["train", "--model", str(model_dir), "--dataset", "digits", "--method", "dpt", "--output", str(tmp_path)]
+    err = _one_line_error(capsys, argv, 1)
+    assert "CLIP-like" in err and "'vit'" in err
 
 
 def test_dpt_trains_a_tiny_clip_and_predicts(workspace, tmp_path, capsys):

@@ -9,8 +9,8 @@ import torch
 import transformers.activations
 from peft import get_peft_model
 
-from vpt_peft import BackboneSpec, KVPromptConfig, VisualPromptConfig
-from vpt_peft.backbones import BACKBONES, find_backbone
+from vpt_peft import BackboneSpec, KVPromptConfig, UnsupportedModelError, VisualPromptConfig
+from vpt_peft.engine.backbones import BACKBONES, find_backbone
 
 from .backbone_cases import CASES, build
 from .helpers import sidecar, tiny_vit
@@ -30,10 +30,10 @@ def test_an_older_layout_is_chosen_by_the_modules_the_model_has(monkeypatch):
     assert backbone.layers == list(model.vit.layers)
 
 
-def test_a_layout_that_fits_only_partly_fails_on_the_missing_name(monkeypatch):
-    """With no layout fitting whole, a registered typo surfaces as the attribute it names, not as 'unsupported'."""
-    monkeypatch.setitem(BACKBONES, "vit", BackboneSpec(k_proj="kee"))
-    with pytest.raises(AttributeError, match="kee"):
+def test_a_layout_that_fits_only_partly_is_named_in_the_error(monkeypatch):
+    """With no layout fitting whole, the error names what the closest one lacks (a registered typo, say)."""
+    monkeypatch.setitem(BACKBONES, "vit", BackboneSpec(k_proj="kee", older_layouts=({"layers": "blocks"},)))
+    with pytest.raises(UnsupportedModelError, match="named 'kee'"):
         find_backbone(tiny_vit())
 
 
@@ -55,11 +55,12 @@ def test_dinov2_keeps_its_tokens_and_heads_in_either_layout():
 
 
 def _hooked_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    owner = sidecar(model)
+    """Modules carrying a hook of the prompt sidecar (or of its windowed helper, on Swin)."""
+    owners = {id(o) for o in (sidecar(model), getattr(sidecar(model), "windows", None)) if o is not None}
     hooked = []
     for module in model.modules():
         hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
-        if any(getattr(getattr(h, "func", h), "__self__", None) is owner for h in hooks):
+        if any(id(getattr(getattr(h, "func", h), "__self__", None)) in owners for h in hooks):
             hooked.append(module)
     return hooked
 

@@ -69,8 +69,8 @@ def reference(base, model, pixels):
     learned = text_features(base, text.class_token_ids, text.ctx) if text.ctx is not None else None
     template = text_features(base, text.template_token_ids)
     learned = template if learned is None else learned
-    prompts = {i: getattr(vision, name)[row] for i, (name, row) in vision.layer_slots.items() if vision.num_prompts}
-    generators = {i: vision.cavpt[slot] for i, slot in vision.cavpt_slots.items()}
+    prompts = {i: getattr(vision, name)[row] for i, (name, row) in vision.layer_rows.items() if vision.num_prompts}
+    generators = {i: vision.cavpt[slot] for i, slot in vision.cavpt_rows.items()}
     top_k = queries = None
     if generators:
         zero_shot, _ = image_features(base, pixels)

@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 import vpt_peft
+import vpt_peft.engine.attention
 from vpt_peft import (
     BASE_ADAPTER,
     AdapterMismatchError,
@@ -118,13 +119,13 @@ def test_mixed_batch_on_deit_with_two_heads():
 
 def count_attention_calls(monkeypatch) -> list[int]:
     calls = [0]
-    original = vpt_peft.attention._attend
+    original = vpt_peft.engine.attention._attend
 
     def counting(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(vpt_peft.attention, "_attend", counting)
+    monkeypatch.setattr(vpt_peft.engine.attention, "_attend", counting)
     return calls
 
 
@@ -312,8 +313,7 @@ def test_pruned_e2vpt_adapter_serves_next_to_an_unpruned_one():
 @torch.no_grad()
 def test_mixed_batch_on_every_backbone(case):
     configs = {"deep": VisualPromptConfig(num_prompts=3, deep=True), "shallow": VisualPromptConfig(num_prompts=2)}
-    if case.in_sequence:
-        configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
+    configs["sequence"] = VisualPromptConfig(num_prompts=4, deep=True, prompt_path="sequence")
     (first, config), *others = configs.items()
     model = get_peft_model(build(case), config, adapter_name=first)
     for name, other in others:
@@ -345,3 +345,24 @@ def test_dpt_adapters_refuse_mixed_batches(tmp_path):
     pixels = torch.randn(2, 3, size, size)
     with pytest.raises(ValueError, match="DualPromptConfig.*do not serve mixed-task batches"):
         model(pixel_values=pixels, adapter_names=["default", "default"])
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_mixed_batch_compiles_with_fullgraph_and_no_graph_break():
+    """Hooks are registered once and rows are routed by index tensors built from the names: nothing in a mixed
+    batch forward needs Python between graphs (hook registration, data-dependent shapes)."""
+    import torch._dynamo
+
+    model = family_model("vpt")
+    names = NAMES["vpt"]
+    pixels = torch.randn(len(names), 3, 32, 32)
+    want = model(pixels, adapter_names=names).logits
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(pixels, adapter_names=names)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    got = torch.compile(model, fullgraph=True)(pixels, adapter_names=names).logits
+    padded = torch.isneginf(want)
+    assert torch.equal(torch.isneginf(got), padded)
+    assert_equal_to_rounding(got[~padded], want[~padded])
+    assert all(getattr(m, "mixed_batch", None) is None for m in model.modules())

@@ -61,7 +61,12 @@ def test_lr_scaling_and_no_weight_decay_on_the_head_bias():
 
 
 def test_presets_follow_the_released_settings():
-    assert set(recipes.TASKS) == set(recipes._VPT_DEEP_PROMPTS) == set(recipes._VFPT) == set(recipes._E2VPT)
+    from vpt_peft.tuners.e2vpt import recipe as e2vpt_recipe
+    from vpt_peft.tuners.vfpt import recipe as vfpt_recipe
+    from vpt_peft.tuners.vpt import recipe as vpt_recipe
+
+    tables = (vpt_recipe.DEEP_PROMPTS, vfpt_recipe.SETTINGS, e2vpt_recipe.SETTINGS)
+    assert all(set(table) == set(recipes.TASKS) for table in tables)
     deep = recipes.preset("vpt-deep", task="cifar100")
     assert deep.config["num_prompts"] == 10 and deep.config["deep"] and deep.batch_size == 128
     assert isinstance(deep.make_config(), VisualPromptConfig) and deep.make_config(num_prompts=3).num_prompts == 3

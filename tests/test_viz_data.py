@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from vpt_peft import KVPromptConfig, VisualPromptConfig, get_peft_model
-from vpt_peft.data import DIGIT_TASKS, LOOPS, digits_task
-from vpt_peft.viz import attention_maps, plot_accuracy_vs_params, save_attention_maps
+from vpt_peft.demo.digits import DIGIT_TASKS, LOOPS, digits_task
+from vpt_peft.demo.viz import attention_maps, plot_accuracy_vs_params, save_attention_maps
 
 from .helpers import tiny_vit
 

@@ -266,9 +266,10 @@ def test_deepcopy_and_pickle_keep_their_own_prompts(pixels):
 def test_multiple_active_adapters_are_refused(pixels):
     model = get_peft_model(tiny_vit(MODEL_CLASSES["vit-model"]), VisualPromptConfig(num_prompts=2))
     model.add_adapter("b", VisualPromptConfig(num_prompts=2))
-    model.base_model.set_adapter(["default", "b"])
     with pytest.raises(ValueError, match="one prompt adapter"):
-        model(pixel_values=pixels)
+        model.base_model.set_adapter(["default", "b"])
+    assert model.active_adapters == ["default"]
+    model(pixel_values=pixels)
 
 
 def test_projected_prompts_load_under_another_adapter_name(tmp_path, pixels):

@@ -2,19 +2,29 @@
 
 ``import vpt_peft`` registers the methods with peft, after which ``peft.get_peft_model``,
 ``PeftModel.from_pretrained`` and ``PeftConfig.from_pretrained`` handle them like any built-in method.
+Each method registers itself from its own package (``vpt_peft/tuners/<method>``); the names below are the
+convenient public spellings of what those packages define.
 """
 
 from peft import PeftConfig, PeftModel, get_peft_model
 
-from ._registry import extend_peft_type, register_method
+from . import recipes
 from ._version import __version__ as __version__
+from .auto import AutoPeftModelForImageClassification
+from .convert import ConversionError, convert_official_kv_prompts, convert_official_prompts, load_official_prompts
+from .engine.attention import ExtraKeyValues, UnsupportedAttentionError
+from .engine.backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone
+from .engine.heads import BASE_ADAPTER, split_logits
+from .engine.registration import METHODS
+from .engine.tuner import AdapterMismatchError
+from .tuners import load_methods
 
-for _name in ("vpt", "vfpt", "kvprompt", "dpt"):
-    extend_peft_type(_name)
+load_methods()
 
-from .attention import ExtraKeyValues, UnsupportedAttentionError  # noqa: E402
-from .auto import AutoPeftModelForImageClassification  # noqa: E402
-from .backbones import BACKBONES, BackboneSpec, UnsupportedModelError, find_backbone, register_backbone  # noqa: E402
+from . import atomic  # noqa: E402
+
+atomic.install()  # crash-safe adapter saves: see vpt_peft.atomic
+
 from .tuners.dpt import (  # noqa: E402
     DualPromptConfig,
     DualPromptEpochCallback,
@@ -35,22 +45,17 @@ from .tuners.e2vpt import (  # noqa: E402
     importance_scores,
     prune_prompts,
 )
-from .tuners.prompt import AdapterMismatchError  # noqa: E402
-from .tuners.prompt.mixed import BASE_ADAPTER, split_logits  # noqa: E402
 from .tuners.vfpt import FourierPromptConfig, FourierPromptModel  # noqa: E402
 from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
 
-register_method("vpt", VisualPromptConfig, VisualPromptModel)
-register_method("vfpt", FourierPromptConfig, FourierPromptModel)
-register_method("kvprompt", KVPromptConfig, KVPromptModel)
-register_method("dpt", DualPromptConfig, DualPromptModel)
-
 __all__ = [
     "BACKBONES",
-    "AdapterMismatchError",
     "BASE_ADAPTER",
+    "METHODS",
+    "AdapterMismatchError",
     "AutoPeftModelForImageClassification",
     "BackboneSpec",
+    "ConversionError",
     "DualPromptConfig",
     "DualPromptEpochCallback",
     "DualPromptModel",
@@ -60,13 +65,15 @@ __all__ = [
     "FourierPromptModel",
     "KVPromptConfig",
     "KVPromptModel",
-    "PruningResult",
     "PeftConfig",
     "PeftModel",
+    "PruningResult",
     "UnsupportedAttentionError",
     "UnsupportedModelError",
     "VisualPromptConfig",
     "VisualPromptModel",
+    "convert_official_kv_prompts",
+    "convert_official_prompts",
     "dual_prompt_loss",
     "dual_prompt_optimizer",
     "dual_prompt_parameter_groups",
@@ -76,7 +83,9 @@ __all__ = [
     "find_backbone",
     "get_peft_model",
     "importance_scores",
+    "load_official_prompts",
     "prune_prompts",
+    "recipes",
     "register_backbone",
     "set_epoch",
     "split_logits",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from peft import PeftConfig, PeftModel
 from peft.auto import _BaseAutoPeftModel
 from transformers import AutoModelForImageClassification
@@ -17,7 +19,7 @@ class AutoPeftModelForImageClassification(_BaseAutoPeftModel):
     _target_peft_class = PeftModel
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: Any, **kwargs: Any) -> PeftModel:
         config = PeftConfig.from_pretrained(pretrained_model_name_or_path, revision=kwargs.get("revision"))
         if not config.base_model_name_or_path:
             raise ValueError(

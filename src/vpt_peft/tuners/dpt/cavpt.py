@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from ...engine.config import PROMPT_INIT_STD
+
 
 class ClassAwarePromptGenerator(nn.Module):
     """``(tokens (B, S, d), queries (B, K, e)) -> (prompts (B, K, d), aux_logits (B, K, C))``."""
@@ -29,7 +31,7 @@ class ClassAwarePromptGenerator(nn.Module):
         self.norm_out = nn.LayerNorm(hidden_size)
         self.classifier = nn.Linear(hidden_size, num_classes, bias=False)
         if not self.extra_kv.is_meta:
-            nn.init.normal_(self.extra_kv, 0.0, 0.02)
+            nn.init.normal_(self.extra_kv, 0.0, PROMPT_INIT_STD)
 
     def forward(self, tokens: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self.w_q.weight.dtype

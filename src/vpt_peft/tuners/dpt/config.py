@@ -5,18 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peft.config import PeftConfig
+from ...engine.checks import check_bool, check_choice, check_count, check_number, check_string_list
+from ...engine.config import PROMPT_PATHS, AdapterFolderConfig
 
-from ..prompt.config import PROMPT_PATHS, check_choice, check_count
+
+def _formats_one_name(template: str) -> bool:
+    if template.count("{}") != 1:
+        return False
+    try:
+        return template.format("\x00").count("\x00") == 1
+    except (IndexError, KeyError, ValueError):
+        return False
 
 
-def _check_weight(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+def prompt_text(class_name: str) -> str:
+    """How a class name reads in its prompt: ``"_"`` as a space, as the reference code and CLIP's tokenizer see it
+    (lower case, single spaces), so two names that read the same cannot become two classes with one prompt."""
+    return " ".join(class_name.replace("_", " ").lower().split())
 
 
 @dataclass
-class DualPromptConfig(PeftConfig):
+class DualPromptConfig(AdapterFolderConfig):
     """DPT (Xing et al., TMM 2023): CoOp text context + deep visual prompts + class-aware visual prompts (CAVPT).
 
     Defaults are the released runs' (ViT-B/32, 16 shots): 16 text context vectors, 10 visual prompts in
@@ -109,11 +118,15 @@ class DualPromptConfig(PeftConfig):
 
         self.peft_type = PeftType.DPT
         super().__post_init__()
-        if not self.class_names or not all(isinstance(c, str) and c.strip() for c in self.class_names):
-            raise ValueError(f"class_names must be a non-empty list of non-empty strings, got {self.class_names!r}.")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError("class_names has duplicates.")
-        self.class_names = list(self.class_names)
+        self.class_names = check_string_list("class_names", self.class_names)
+        readings: dict[str, str] = {}
+        for name in self.class_names:
+            other = readings.setdefault(prompt_text(name), name)
+            if other != name or self.class_names.count(name) > 1:
+                raise ValueError(
+                    f"class_names {other!r} and {name!r} give the same prompt text {prompt_text(name)!r}: "
+                    "rename one (each class needs a prompt of its own)."
+                )
         for name in ("text_n_ctx", "visual_n_ctx", "cavpt_extra_kv_tokens", "zs_warmup_epochs"):
             check_count(name, getattr(self, name))
         check_count("cavpt_num_tokens", self.cavpt_num_tokens, minimum=1)
@@ -121,11 +134,14 @@ class DualPromptConfig(PeftConfig):
         if self.cavpt_start_layer is not None:
             check_count("cavpt_start_layer", self.cavpt_start_layer, minimum=1)
         for name in ("aux_loss_weight", "warmup_vlp_weight"):
-            _check_weight(name, getattr(self, name))
+            check_number(name, getattr(self, name), minimum=0)
+        for name in ("csc", "use_cavpt", "backbone_eval_mode"):
+            check_bool(name, getattr(self, name))
         check_choice("prompt_path", self.prompt_path, PROMPT_PATHS)
-        if "{}" not in self.zero_shot_template:
+        if not isinstance(self.zero_shot_template, str) or not _formats_one_name(self.zero_shot_template):
             raise ValueError(
-                f"zero_shot_template must contain '{{}}' for the class name, got {self.zero_shot_template!r}."
+                "zero_shot_template must contain '{}' exactly once, for the class name, and no other braces; "
+                f"got {self.zero_shot_template!r}."
             )
         if self.ctx_init and self.text_n_ctx == 0:
             raise ValueError("ctx_init needs learnable text context; text_n_ctx=0 uses the frozen template instead.")

@@ -2,9 +2,9 @@
 
 DPT appends its prompts to a layer's input and strips them from that layer's output, so no prompt
 output ever reaches another layer: the prompts only act as extra keys/values of their own layer's
-attention. The default path feeds them to attention exactly that way (:mod:`vpt_peft.attention`); the
+attention. The default path feeds them to attention exactly that way (:mod:`vpt_peft.engine.attention`); the
 ``"sequence"`` path inserts them as tokens and strips them after the block (same logits). Visual
-prompts are a :class:`~vpt_peft.tuners.prompt.PromptBank`; the CAVPT tokens are made per image by a
+prompts are a :class:`~vpt_peft.engine.bank.PromptBank`; the CAVPT tokens are made per image by a
 :class:`~.cavpt.ClassAwarePromptGenerator` from the layer's input and the text features of the image's
 top-K classes, which the tuner hands over (``queries``) before the vision pass.
 """
@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...attention import ExtraKeyValues, split_heads
-from ...backbones import Backbone
-from ...tokens import insert_prompts, strip_prompts
-from ..prompt.layer import PromptAdapterLayer, PromptBank, _open_mask_slots
+from ...engine.attention import ExtraKeyValues, prompt_key_values
+from ...engine.backbones import Backbone
+from ...engine.bank import PromptBank
+from ...engine.sidecar import PromptAdapterLayer
+from ...engine.tokens import insert_prompts, strip_prompts, widen_block_mask
 from ..vpt.config import VisualPromptConfig
 from .cavpt import ClassAwarePromptGenerator
 from .config import DualPromptConfig
@@ -46,7 +47,7 @@ class DualPromptVisionBank(PromptBank):
     def __init__(self, config: DualPromptConfig, backbone: Backbone, text_dim: int) -> None:
         super().__init__(visual_prompt_config(config, backbone.num_layers), backbone)
         cavpt_layers = config.cavpt_layers(backbone.num_layers)
-        self.cavpt_slots = {layer: slot for slot, layer in enumerate(cavpt_layers)}
+        self.cavpt_rows = {layer: slot for slot, layer in enumerate(cavpt_layers)}
         self.cavpt = nn.ModuleList(
             ClassAwarePromptGenerator(
                 text_dim, backbone.hidden_size, config.num_classes, config.cavpt_extra_kv_tokens, config.cavpt_attn_dim
@@ -66,7 +67,7 @@ class DualPromptVisionBank(PromptBank):
 
     @property
     def needs_extra_key_values(self) -> bool:
-        return self.uses_kv_path and (self.num_prompts > 0 or bool(self.cavpt_slots))
+        return self.uses_kv_path and (self.num_prompts > 0 or bool(self.cavpt_rows))
 
     @property
     def sequence_tokens(self) -> int:
@@ -78,7 +79,7 @@ class DualPromptVisionBank(PromptBank):
 
     def layer_tokens(self, index: int, hidden: torch.Tensor) -> torch.Tensor | None:
         """The prompts of layer ``index`` for this batch: ``(1 or B, n, d)``, or None."""
-        slot = self.cavpt_slots.get(index)
+        slot = self.cavpt_rows.get(index)
         if slot is not None:
             if self.queries is None:
                 raise RuntimeError(
@@ -88,22 +89,28 @@ class DualPromptVisionBank(PromptBank):
             tokens, aux = self.cavpt[slot](hidden, self.queries)
             self.class_tokens[index], self.aux_logits[index] = tokens, aux
             return tokens
-        slot = self.layer_slots.get(index)
+        slot = self.layer_rows.get(index)
         if slot is None or self.num_prompts == 0:
             return None
         return self.prompts(slot, hidden.shape[0], hidden.dtype)
 
-    def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
+    def extra_key_values(
+        self,
+        layer_index: int,
+        norm: nn.Module,
+        attention: nn.Module,
+        batch_size: int,
+        dtype: torch.dtype,
+        k_proj: str,
+        v_proj: str,
+        head_dim: int,
+    ) -> ExtraKeyValues | None:
         tokens = self.class_tokens.get(layer_index)
         if tokens is None:
             return super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
         if not self.uses_kv_path:
             return None
-        normed = norm(tokens.to(dtype))
-        return ExtraKeyValues(
-            split_heads(getattr(attention, k_proj)(normed), head_dim),
-            split_heads(getattr(attention, v_proj)(normed), head_dim),
-        )
+        return prompt_key_values(tokens.to(dtype), norm, attention, k_proj, v_proj, head_dim)
 
 
 class DualPromptVisionLayer(PromptAdapterLayer):
@@ -148,7 +155,7 @@ class DualPromptVisionLayer(PromptAdapterLayer):
             return None
         self._inserted[id(module)] = tokens.shape[1]
         hidden = insert_prompts(hidden, tokens, at=self.num_special_tokens)
-        return _open_mask_slots(
+        return widen_block_mask(
             (hidden, *args[1:]), kwargs, hidden.shape[1] - tokens.shape[1], tokens.shape[1], self.num_special_tokens
         )
 

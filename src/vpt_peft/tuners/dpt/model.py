@@ -10,26 +10,24 @@ re-encoding the classes. A forward hook then builds :class:`~.loss.DualPromptOut
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
-from transformers import CLIPModel, PreTrainedModel
 
-from ..._compat import checkpointing_enable_call
-from ...attention import ensure_installed
-from ...backbones import find_backbone
-from ..prompt.layer import remove_owned_hooks
-from ..prompt.model import SIDECAR_NAME, PromptTunerModel, _check_same_backbone
+from ...engine.backbones import Backbone
+from ...engine.compat import checkpointing_enable_call
+from ...engine.sidecar import SIDECAR_NAME, SidecarLayer
+from ...engine.tuner import PromptTuner
 from .config import DualPromptConfig
 from .layer import DualPromptVisionLayer
 from .loss import DualPromptOutput, dual_prompt_loss, in_warmup
 from .text import DualPromptTextLayer, tokenize_class_prompts
 
 TEXT_EMBEDDINGS = "text_model.embeddings"
+DUAL_ENCODER_PARTS = ("text_model", "vision_model", "text_projection", "visual_projection", "logit_scale")
+"""What DPT needs of a CLIP-like model (its structure, not its class): two towers, two projections, a scale."""
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -74,63 +72,52 @@ class _CallState:
     top_k: torch.Tensor | None = None
 
 
-class DualPromptModel(PromptTunerModel):
-    """peft tuner for :class:`~vpt_peft.DualPromptConfig` on ``transformers.CLIPModel``."""
+class DualPromptModel(PromptTuner):
+    """peft tuner for :class:`~vpt_peft.DualPromptConfig` on a CLIP-like dual encoder (``transformers.CLIPModel``)."""
 
     prefix = "dpt_"
     tuner_layer_cls = DualPromptVisionLayer
+    sidecar_classes = (DualPromptVisionLayer, DualPromptTextLayer)
 
-    def _prepare_adapter_config(self, peft_config: DualPromptConfig, model_config: dict) -> DualPromptConfig:
-        if not isinstance(self.model, CLIPModel):
+    def validate_config(self, peft_config: DualPromptConfig, backbone: Backbone) -> None:
+        missing = [part for part in DUAL_ENCODER_PARTS if not hasattr(self.model, part)]
+        if missing:
             raise TypeError(
-                f"DualPromptConfig prompts a transformers.CLIPModel (text + vision towers), got "
-                f"{type(self.model).__name__}. For a vision-only model use VisualPromptConfig."
+                f"DualPromptConfig prompts a CLIP-like model with text and vision towers (transformers.CLIPModel), "
+                f"got {type(self.model).__name__}, which lacks {missing}. For a vision-only model use "
+                "VisualPromptConfig."
             )
-        backbone = find_backbone(self.model)
-        _check_same_backbone(peft_config, backbone)
         peft_config.cavpt_layers(backbone.num_layers)
         self._tokens = None
         if peft_config.tokenizer is not None or peft_config.text_length is None:
             # Creating an adapter (a loaded one brings its token ids as buffers, so needs no tokenizer).
             limit = self.model.config.text_config.max_position_embeddings
             self._tokens = tokenize_class_prompts(_load_tokenizer(peft_config), peft_config, limit)
-        names = [backbone.qualified(backbone.spec.embeddings), TEXT_EMBEDDINGS]
-        peft_config.target_modules = "|".join(re.escape(name) for name in names)
-        peft_config.backbone = backbone.describe()
-        self._backbone = backbone
-        return peft_config
 
-    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key) -> None:
-        if current_key == TEXT_EMBEDDINGS:
-            sidecar = getattr(target, SIDECAR_NAME, None)
-            if sidecar is None:
-                sidecar = DualPromptTextLayer()
-                target.add_module(SIDECAR_NAME, sidecar)
-                target.token_embedding.register_forward_hook(sidecar.token_embedding_hook)
-            sidecar.update_layer(adapter_name, peft_config, target.token_embedding, self._tokens)
-            return
-        sidecar = getattr(target, SIDECAR_NAME, None)
-        if sidecar is None:
-            sidecar = DualPromptVisionLayer(self._backbone, self.model.config.projection_dim)
+    def sidecar_targets(self, peft_config: DualPromptConfig, backbone: Backbone) -> list[str]:
+        return [*super().sidecar_targets(peft_config, backbone), TEXT_EMBEDDINGS]
+
+    def attach_sidecar(self, target: nn.Module, target_key: str) -> SidecarLayer:
+        if target_key == TEXT_EMBEDDINGS:
+            sidecar = DualPromptTextLayer()
             target.add_module(SIDECAR_NAME, sidecar)
-            sidecar.register_hooks(self._backbone)
-            self.model.register_forward_pre_hook(self._clip_pre_hook, with_kwargs=True)
-            self.model.register_forward_hook(self._clip_post_hook, with_kwargs=True)
-        sidecar.update_layer(adapter_name, peft_config, self._backbone)
+            target.token_embedding.register_forward_hook(sidecar.token_embedding_hook)
+            return sidecar
+        sidecar = DualPromptVisionLayer(self._backbone, self.model.config.projection_dim)
+        target.add_module(SIDECAR_NAME, sidecar)
+        sidecar.register_hooks(self._backbone)
+        self.model.register_forward_pre_hook(self._clip_pre_hook, with_kwargs=True)
+        self.model.register_forward_hook(self._clip_post_hook, with_kwargs=True)
+        return sidecar
 
-    def _post_injection_hook(self, model: nn.Module, config: DualPromptConfig, adapter_name: str) -> None:
-        if any(self._needs_extra_kv(m, adapter_name) for m in model.modules()):
-            for module in model.modules():
-                if isinstance(module, PreTrainedModel):
-                    ensure_installed(module.config)
-
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        for layer_name in (DualPromptVisionLayer.adapter_layer_names[0], DualPromptTextLayer.adapter_layer_names[0]):
-            marker = f".{layer_name}.{adapter_name}."
-            if marker in key:
-                return key.replace(marker, f".{layer_name}.", 1)
-        return BaseTuner._remove_adapter_name_from_key(key, adapter_name)
+    def update_sidecar(
+        self, sidecar: SidecarLayer, adapter_name: str, config: DualPromptConfig, target_key: str
+    ) -> None:
+        if target_key == TEXT_EMBEDDINGS:
+            token_embedding = self.model.get_submodule(TEXT_EMBEDDINGS).token_embedding
+            sidecar.update_layer(adapter_name, config, token_embedding, self._tokens)
+        else:
+            super().update_sidecar(sidecar, adapter_name, config, target_key)
 
     # -------------------------------------------------------------------------------- per-call flow
     @property
@@ -147,7 +134,7 @@ class DualPromptModel(PromptTunerModel):
         model = self.model
         return getattr(model.text_model.embeddings, SIDECAR_NAME), getattr(model.vision_model.embeddings, SIDECAR_NAME)
 
-    def _clip_pre_hook(self, clip: CLIPModel, args: tuple, kwargs: dict):
+    def _clip_pre_hook(self, clip: nn.Module, args: tuple, kwargs: dict):
         text_layer, vision_layer = self._sidecars()
         text_bank, vision_bank = text_layer.active_bank(), vision_layer.active_bank()
         if text_bank is None or vision_bank is None:
@@ -160,20 +147,20 @@ class DualPromptModel(PromptTunerModel):
             )
         config = self.peft_config[self.active_adapters[0]]
         vision_bank.clear()
-        if vision_bank.cavpt_slots and torch.is_grad_enabled():
+        if vision_bank.cavpt_rows and torch.is_grad_enabled():
             _check_checkpointing(self._backbone.layers)
         labels = kwargs.pop("labels", None)
         pixel_values = kwargs["pixel_values"]
         state = _CallState(labels=labels, text_features=text_layer.class_features(clip, text_bank))
         warmup = labels is not None and in_warmup(config, self.epoch)
-        if vision_bank.cavpt_slots or warmup:
+        if vision_bank.cavpt_rows or warmup:
             template = text_layer.template_features(clip, text_bank)
             with torch.no_grad(), vision_layer.bypassed():
                 pooled = clip.vision_model(
                     pixel_values=pixel_values, interpolate_pos_encoding=kwargs.get("interpolate_pos_encoding", False)
                 )
                 zero_shot = _normalize(clip.visual_projection(pooled.pooler_output))
-            if vision_bank.cavpt_slots:
+            if vision_bank.cavpt_rows:
                 scores = zero_shot @ _normalize(template).T
                 state.top_k = scores.topk(vision_bank.num_class_tokens, dim=-1).indices
                 vision_bank.queries = state.text_features[state.top_k]
@@ -184,7 +171,7 @@ class DualPromptModel(PromptTunerModel):
         dummy = text_bank.class_token_ids[:1, :1]  # CLIPModel.forward always runs its text tower: keep it cheap
         return args, {**kwargs, "input_ids": dummy, "attention_mask": None, "position_ids": None, "return_loss": False}
 
-    def _clip_post_hook(self, clip: CLIPModel, args: tuple, kwargs: dict, output: Any):
+    def _clip_post_hook(self, clip: nn.Module, args: tuple, kwargs: dict, output: Any):
         state: _CallState | None = self.__dict__.pop("_call_state", None)
         if state is None:
             return None
@@ -208,17 +195,3 @@ class DualPromptModel(PromptTunerModel):
             config = self.peft_config[self.active_adapters[0]]
             result.loss = dual_prompt_loss(result, state.labels, config, self.epoch)
         return result
-
-    def _unload_and_optionally_merge(
-        self,
-        merge: bool = True,
-        progressbar: bool = False,
-        safe_merge: bool = False,
-        adapter_names: list[str] | None = None,
-    ):
-        if not merge:
-            text_layer = self._sidecars()[0]
-            remove_owned_hooks(text_layer, self.model)
-            remove_owned_hooks(self, self.model)
-            delattr(self.model.text_model.embeddings, SIDECAR_NAME)
-        return super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)

@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ...tokens import replace_prompts
-from ..prompt.model import AdapterMismatchError
+from ...engine.config import PROMPT_INIT_STD
+from ...engine.sidecar import SidecarLayer
+from ...engine.tokens import replace_prompts
+from ...engine.tuner import AdapterMismatchError
 from .config import DualPromptConfig
 
 PLACEHOLDER = "X"
@@ -87,7 +88,7 @@ class TextPromptBank(nn.Module):
             ctx_shape = (config.num_classes, config.text_n_ctx, width) if config.csc else (config.text_n_ctx, width)
             self.ctx = nn.Parameter(torch.empty(ctx_shape, device=token_embedding.weight.device))
         self.template_cache: torch.Tensor | None = None
-        self.register_load_state_dict_pre_hook(self._check_loaded_shapes)
+        self.register_load_state_dict_pre_hook(self._forget_template_cache)
         if tokens is not None:
             self.reset(tokens, token_embedding)
 
@@ -103,11 +104,14 @@ class TextPromptBank(nn.Module):
         if tokens["init_ids"].numel():
             self.ctx.copy_(token_embedding(tokens["init_ids"].to(device)).expand_as(self.ctx))
         else:
-            self.ctx.normal_(0.0, 0.02)
+            self.ctx.normal_(0.0, PROMPT_INIT_STD)
 
-    def _check_loaded_shapes(self, module, state_dict, prefix, *args) -> None:
+    def _forget_template_cache(self, *args) -> None:
         self.template_cache = None
-        loaded = state_dict.get(prefix + "class_token_ids")
+
+    def check_incoming(self, state: dict[str, torch.Tensor]) -> None:
+        """Called with this bank's tensors before an adapter file is loaded: a changed class list is named as such."""
+        loaded = state.get("class_token_ids")
         if loaded is not None and loaded.shape != self.class_token_ids.shape:
             raise AdapterMismatchError(
                 f"The adapter was trained for {loaded.shape[0]} classes (prompts of {loaded.shape[1]} tokens) but the "
@@ -120,39 +124,20 @@ class TextPromptBank(nn.Module):
         return self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0)
 
 
-class DualPromptTextLayer(nn.Module, BaseTunerLayer):
+class DualPromptTextLayer(SidecarLayer):
     """Sidecar on ``text_model.embeddings``: owns each adapter's :class:`TextPromptBank` and the splice hook."""
 
     adapter_layer_names: tuple[str, ...] = ("dpt_text",)
+    parameter_role = "text_prompt"
 
     def __init__(self) -> None:
-        nn.Module.__init__(self)
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        self._active_adapter = "default"
-        self.kwargs: dict = {}
-        self.dpt_text = nn.ModuleDict()
+        super().__init__()
         self._splicing: TextPromptBank | None = None
 
     def update_layer(
         self, adapter_name: str, config: DualPromptConfig, token_embedding: nn.Embedding, tokens: dict | None
     ) -> None:
-        self.dpt_text[adapter_name] = TextPromptBank(config, token_embedding, tokens)
-        self.set_adapter(self.active_adapters)
-
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
-        return next((p.device for p in self.parameters() if not p.is_meta), None), None
-
-    def merge(self, *args: Any, **kwargs: Any) -> None:
-        raise ValueError("Context vectors are extra tokens, not weight deltas, so they cannot be merged; use unload().")
-
-    def unmerge(self) -> None:
-        return None
-
-    def active_bank(self) -> TextPromptBank | None:
-        if self.disable_adapters or not self.active_adapters:
-            return None
-        return self.dpt_text[self.active_adapters[0]] if self.active_adapters[0] in self.dpt_text else None  # noqa: SIM401 (ModuleDict has no .get)
+        self.add_bank(adapter_name, TextPromptBank(config, token_embedding, tokens), token_embedding)
 
     @contextmanager
     def splicing(self, bank: TextPromptBank) -> Iterator[None]:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..prompt.config import PromptConfigBase, check_choice, check_count
+from ...engine.checks import check_bool, check_choice, check_count, check_fraction
+from ...engine.config import PromptConfigBase
 
 KV_INITS = ("kaiming_uniform", "trunc_normal")
 PRUNE_MODES = ("remove", "zero")
@@ -53,8 +54,9 @@ class KVPromptConfig(PromptConfigBase):
         check_count("num_segments", self.num_segments, minimum=1)
         check_choice("kv_init", self.kv_init, KV_INITS)
         check_choice("prune_mode", self.prune_mode, PRUNE_MODES)
-        if not (isinstance(self.kv_dropout, (int, float)) and 0 <= self.kv_dropout < 1):
-            raise ValueError(f"kv_dropout must be a number in [0, 1), got {self.kv_dropout!r}.")
+        check_fraction("kv_dropout", self.kv_dropout, upper_inclusive=False)
+        for flag in ("share_kv", "kv_deep", "gates", "pruned"):
+            check_bool(flag, getattr(self, flag))
 
     def kv_layers(self, num_layers: int) -> list[int]:
         layers = self.prompted_layers(num_layers)

@@ -6,9 +6,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...attention import ExtraKeyValues, split_heads
-from ...backbones import Backbone
-from ..prompt.layer import PromptAdapterLayer, PromptBank, Slot, stacked_shapes, stacked_slots
+from ...engine.attention import ExtraKeyValues, split_heads
+from ...engine.backbones import Backbone
+from ...engine.bank import PromptBank, TensorRow, stacked_rows, stacked_shapes
+from ...engine.config import PROMPT_INIT_STD
+from ...engine.sidecar import PromptAdapterLayer
 from .config import KVPromptConfig
 
 
@@ -34,16 +36,16 @@ class KVPromptBank(PromptBank):
         self.num_kv_prompts = config.num_kv_prompts
         self.num_segments = config.num_segments
         roles = ("kv_prompts", "kv_prompts") if config.share_kv else ("key_prompts", "value_prompts")
-        key_slots, value_slots = (stacked_slots(kv_layers, backbone.layer_widths, role) for role in roles)
+        key_rows, value_rows = (stacked_rows(kv_layers, backbone.layer_widths, role) for role in roles)
         # Per layer: where its key prompts and its value prompts live (the same tensor when shared).
-        self.kv_slots = {layer: (key_slots[layer], value_slots[layer]) for layer in kv_layers}
+        self.kv_rows = {layer: (key_rows[layer], value_rows[layer]) for layer in kv_layers}
         self.kv_head_dims: dict[str, int] = {}
-        for slots in (key_slots, value_slots):
-            for tensor, (rows, width) in stacked_shapes(slots, backbone.layer_widths).items():
+        for placement in (key_rows, value_rows):
+            for tensor, (rows, width) in stacked_shapes(placement, backbone.layer_widths).items():
                 if tensor in self.kv_head_dims:
                     continue
                 setattr(self, tensor, nn.Parameter(torch.empty(rows, config.num_kv_prompts, width)))
-                first_layer = next(layer for layer, (name, _) in slots.items() if name == tensor)
+                first_layer = next(layer for layer, (name, _) in placement.items() if name == tensor)
                 self.kv_head_dims[tensor] = backbone.layer_head_dims[first_layer]
         self.kv_names = tuple(self.kv_head_dims)
         self.kv_dropout = nn.Dropout(config.kv_dropout)
@@ -75,7 +77,7 @@ class KVPromptBank(PromptBank):
                 bound = math.sqrt(6.0 / max(1, config.num_kv_prompts * self.kv_head_dims[name]))
                 tensor.uniform_(-bound, bound)
             else:
-                nn.init.trunc_normal_(tensor, std=0.02)
+                nn.init.trunc_normal_(tensor, std=PROMPT_INIT_STD)
 
     @property
     def needs_extra_key_values(self) -> bool:
@@ -98,22 +100,24 @@ class KVPromptBank(PromptBank):
         channels = segment.repeat(1, prompts.shape[-1] // self.num_segments)
         return prompts * (token[:, None] * channels).to(prompts.dtype)
 
-    def _kv_heads(self, slot: Slot, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
-        name, row = slot
+    def _kv_heads(self, where: TensorRow, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        name, row = where
         tensor = getattr(self, name)[row]
         if not (self.training and self.kv_dropout.p > 0):
             batch_size = 1
         tensor = self.kv_dropout(tensor.unsqueeze(0).expand(batch_size, -1, -1))
         return split_heads(tensor.to(dtype), self.kv_head_dims[name])
 
-    def extra_key_values(self, layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim):
-        visual = super().extra_key_values(layer_index, norm, attention, batch_size, dtype, k_proj, v_proj, head_dim)
-        slots = self.kv_slots.get(layer_index)
-        if slots is None or self.num_kv_prompts == 0:
-            return visual
-        # Dropout draws separate masks for the key copy and the value copy, as the official code.
-        kv = ExtraKeyValues(self._kv_heads(slots[0], batch_size, dtype), self._kv_heads(slots[1], batch_size, dtype))
-        return kv if visual is None else kv.cat(visual)
+    def kv_prompt_key_values(self, layer_index: int, rows: int, dtype: torch.dtype) -> Optional[ExtraKeyValues]:
+        """The key-value prompts of layer ``layer_index``, after the projections and the head split.
+
+        Dropout (training only) draws separate masks for the key copy and the value copy, as the official code,
+        one per attention row (a sample, or a window of a sample on Swin).
+        """
+        where = self.kv_rows.get(layer_index)
+        if where is None or self.num_kv_prompts == 0:
+            return None
+        return ExtraKeyValues(self._kv_heads(where[0], rows, dtype), self._kv_heads(where[1], rows, dtype))
 
 
 class KVPromptLayer(PromptAdapterLayer):

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from ..prompt.model import PromptTunerModel
+from ...engine.tuner import ClassifierPromptTuner
 from .layer import KVPromptLayer
 
 
-class KVPromptModel(PromptTunerModel):
+class KVPromptModel(ClassifierPromptTuner):
     """peft tuner for :class:`~vpt_peft.KVPromptConfig`."""
 
     prefix = "kvprompt_"

@@ -9,15 +9,17 @@ does (``"zero"``); pruned segments are zeroed (a channel subset cannot be remove
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..prompt.config import check_choice, check_fraction
+from ...engine.checks import check_choice, check_fraction
 from .config import KVPromptConfig
 from .layer import KVPromptBank, KVPromptLayer
 
@@ -51,6 +53,11 @@ def _sidecar_and_bank(model: nn.Module, adapter_name: Optional[str]) -> tuple[KV
 def _default_loss(outputs: Any, batch: dict) -> torch.Tensor:
     if getattr(outputs, "loss", None) is not None:
         return outputs.loss
+    if "labels" not in batch:
+        raise ValueError(
+            f"Pruning scores the prompts with the task loss, so every batch needs 'labels' (got keys {sorted(batch)}); "
+            "or pass loss_fn=(outputs, batch) -> loss."
+        )
     return F.cross_entropy(outputs.logits, batch["labels"])
 
 
@@ -88,16 +95,30 @@ def importance_scores(
     return totals[0] / batches, totals[1] / batches
 
 
+def pruned_count(total: int, ratio: float) -> int:
+    """How many of ``total`` items a pruning ``ratio`` removes, as the official code counts them.
+
+    The official code takes an integer percent and computes ``int(total * percent / 100)``. Multiplying by
+    the float fraction instead is not the same: ``int(90 * 0.7)`` is 62 because 0.7 is stored as
+    0.6999..., while the official count is 63 (and ``int(100 * 0.29)`` is 28, not 29). So the ratio
+    is read as the decimal number it was written as (``Fraction(repr(0.7))`` is exactly 7/10) and the
+    count is computed in exact rational arithmetic: for every integer percent this is exactly the official
+    ``int(total * percent / 100)``, and ratios finer than a percent (0.125) keep their exact meaning.
+    """
+    return math.floor(total * Fraction(repr(float(ratio))))
+
+
 def select_pruning(
     token_scores: torch.Tensor, segment_scores: torch.Tensor, token_ratio: float, segment_ratio: float
 ) -> PruningResult:
-    """Official selection: prune the int(p * ratio) lowest-scoring tokens (keeping at least 1) and, per kept
-    token, the int(R * ratio) lowest-scoring segments (keeping at least 4)."""
+    """Official selection: prune the int(p * percent / 100) lowest-scoring tokens (keeping at least 1) and,
+    per kept token, the int(R * percent / 100) lowest-scoring segments (keeping at least 4); see
+    :func:`pruned_count` for why the counts use integer-percent arithmetic."""
     p, r = segment_scores.shape
-    n_tokens = min(int(p * token_ratio), max(p - MIN_TOKENS, 0))
+    n_tokens = min(pruned_count(p, token_ratio), max(p - MIN_TOKENS, 0))
     pruned = set(torch.argsort(token_scores, stable=True)[:n_tokens].tolist())
     kept = [i for i in range(p) if i not in pruned]
-    n_segments = min(int(r * segment_ratio), r - MIN_SEGMENTS)
+    n_segments = min(pruned_count(r, segment_ratio), r - MIN_SEGMENTS)
     mask = torch.ones(p, r)
     for token in range(p):
         mask[token, torch.argsort(segment_scores[token], stable=True)[:n_segments]] = 0
@@ -131,7 +152,9 @@ def prune_prompts(
     peft_config: KVPromptConfig = _peft_config(model, name)
     if peft_config.pruned:
         raise ValueError(f"Adapter {name!r} is already pruned.")
-    if rewind == "initial" and bank.initial_values is None:
+    if bank.num_prompts == 0:
+        raise ValueError(f"Adapter {name!r} has no visual prompts (num_prompts=0): there is nothing to prune.")
+    if rewind == "initial" and (bank.initial_values is None or model.base_model.initial_heads(name) is None):
         raise ValueError(
             "This adapter was loaded from disk, so its initial values are unknown: use rewind='reinit' or None."
         )
@@ -178,11 +201,9 @@ def _replace_bank(model, sidecar, old: KVPromptBank, name, peft_config, result: 
 
 
 def _rewind_heads(model: nn.Module, name: str) -> None:
-    from peft.utils.other import ModulesToSaveWrapper
-
-    for module in model.modules():
-        if isinstance(module, ModulesToSaveWrapper) and name in module.modules_to_save:
-            module.modules_to_save[name].load_state_dict(module.original_module.state_dict())
+    """The adapter's heads as they were when it was created (own size, VPT init and all)."""
+    for path, state in model.base_model.initial_heads(name).items():
+        model.base_model.model.get_submodule(path).modules_to_save[name].load_state_dict(state)
 
 
 def effective_prompt_parameters(model: nn.Module, adapter_name: Optional[str] = None) -> int:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..prompt.config import PromptConfigBase, check_choice, check_fraction
+from ...engine.checks import check_choice, check_fraction
+from ...engine.config import PromptConfigBase
 
 FOURIER_DIMS = ("all", "sequence", "hidden")
 FOURIER_LOCATIONS = ("prepend", "append")

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from ...backbones import Backbone
-from ..prompt.layer import PromptAdapterLayer, PromptBank
+from ...engine.backbones import Backbone
+from ...engine.bank import PromptBank
+from ...engine.sidecar import PromptAdapterLayer
 from .config import FourierPromptConfig
 
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from ..prompt.model import PromptTunerModel
+from ...engine.tuner import ClassifierPromptTuner
 from .layer import FourierPromptLayer
 
 
-class FourierPromptModel(PromptTunerModel):
+class FourierPromptModel(ClassifierPromptTuner):
     """peft tuner for :class:`~vpt_peft.FourierPromptConfig` (all machinery shared with VPT)."""
 
     prefix = "vfpt_"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..prompt.config import PromptConfigBase
+from ...engine.config import PromptConfigBase
 
 
 @dataclass

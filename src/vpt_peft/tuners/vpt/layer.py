@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from ..prompt.layer import PromptAdapterLayer, PromptBank
+from ...engine.bank import PromptBank
+from ...engine.sidecar import PromptAdapterLayer
 
 
 class VisualPromptLayer(PromptAdapterLayer):

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from ..prompt.model import PromptTunerModel
+from ...engine.tuner import ClassifierPromptTuner
 from .layer import VisualPromptLayer
 
 
-class VisualPromptModel(PromptTunerModel):
+class VisualPromptModel(ClassifierPromptTuner):
     """peft tuner for :class:`~vpt_peft.VisualPromptConfig`."""
 
     prefix = "vpt_"

@@ -1,0 +1,3 @@
+from .parser import main
+
+raise SystemExit(main())

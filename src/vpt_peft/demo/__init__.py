@@ -1,0 +1,1 @@
+"""The demo's building blocks: digits tasks, a small training loop, the method suite, plots."""

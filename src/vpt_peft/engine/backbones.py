@@ -1,0 +1,337 @@
+"""The one place that knows each backbone family.
+
+Every method asks this table where a backbone keeps its embeddings, its list of blocks, each block's
+attention (and the norm in front of it), how many special tokens (CLS, distillation, registers) come
+before the patches, where the final sequence norm is, and which modules form the task head. Supporting a
+new family is one :func:`register_backbone` call; no method has per-family branches.
+
+Paths are relative to the backbone module, the ``PreTrainedModel`` whose ``config.model_type`` keys the
+table (``ViTForImageClassification.vit`` for ``"vit"``). Heads are attribute names on the model the user
+passed to ``get_peft_model``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no backbone that vpt_peft knows how to prompt."""
+
+
+# The fields of a BackboneSpec that name modules: what an older transformers release may have called differently.
+PATH_FIELDS = (
+    "embeddings",
+    "layers",
+    "attention",
+    "attention_norm",
+    "k_proj",
+    "v_proj",
+    "final_norm",
+    "relative_position_bias",
+)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What the official prompted Swin needs to know about a windowed family's blocks, beyond ``BackboneSpec``.
+
+    Prompt tokens are carried beside the patch grid (spec methods.md §1.9), so the engine runs the parts of
+    a block the patches get from HF's own code on the prompts itself: the residual branch after attention
+    (``attention_branch``: the block's dropout modules, in order), the MLP behind its norm (``mlp_norm``,
+    ``mlp``, then ``mlp_branch``) and, after each stage, the stage's patch merging (``merge`` inside every
+    element of ``stages``; the merging module is called on four copies of each prompt, the official widening).
+    """
+
+    stages: str = "encoder.layers"
+    merge: str = "downsample"
+    mlp_norm: str = "layernorm_after"
+    mlp: str = "mlp"
+    attention_branch: tuple[str, ...] = ("dropout", "drop_path")
+    mlp_branch: tuple[str, ...] = ("dropout",)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where prompts go in one backbone family (paths relative to the backbone module).
+
+    ``layers`` names the list of blocks; a ``*`` segment flattens nested lists (Swin's stages of blocks:
+    ``"encoder.layers.*.blocks"``). ``relative_position_bias`` is the path, inside a block, of a module
+    whose output is an additive ``(..., S, S)`` bias for the real tokens (padded with zeros for prompts).
+    ``windows`` marks windowed attention (Swin): the blocks reshape their input to the patch grid, so prompt
+    tokens cannot join the blocks' token sequence; they are carried beside it and prepended to every window
+    instead (:class:`WindowSpec`, :mod:`vpt_peft.engine.windows`).
+
+    ``older_layouts`` keeps a family working across transformers releases that renamed its modules: each
+    entry maps path fields to the names an older release used, and :func:`find_backbone` takes the first
+    layout whose paths exist in the model it is given (it reads the module structure, never a version).
+    """
+
+    embeddings: str = "embeddings"
+    layers: str = "layers"
+    attention: str = "attention"
+    attention_norm: str = "layernorm_before"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    num_special_tokens: Union[int, Callable[[object], int]] = 1
+    final_norm: Union[str, None] = "layernorm"
+    relative_position_bias: Union[str, None] = None
+    windows: Optional[WindowSpec] = None
+    heads: tuple[str, ...] = ("classifier",)
+    description: str = ""
+    older_layouts: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
+
+    def __post_init__(self) -> None:
+        for layout in self.older_layouts:
+            unknown = set(layout) - set(PATH_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"BackboneSpec.older_layouts: {sorted(unknown)} are not path fields; accepted: {PATH_FIELDS}."
+                )
+
+    @property
+    def prompts_in_sequence(self) -> bool:
+        """Whether prompts ride in the blocks' own token sequence (every family but the windowed ones)."""
+        return self.windows is None
+
+    def special_tokens(self, config: object) -> int:
+        n = self.num_special_tokens
+        return n(config) if callable(n) else n
+
+    def layouts(self) -> list[BackboneSpec]:
+        """This spec, then one spec per older layout (its path fields replaced), in the order to try them."""
+        return [self] + [replace(self, **dict(layout), older_layouts=()) for layout in self.older_layouts]
+
+
+def cls_and_registers(config: object) -> int:
+    """CLS followed by the register tokens (Dinov2 with registers)."""
+    return 1 + config.num_register_tokens
+
+
+# Block layouts shared by two families each (the entries below differ only in tokens and pooling).
+# Dinov2 before transformers 5.18 kept its projections one level down, as attention.attention.key/value.
+DINOV2_BLOCKS = BackboneSpec(
+    layers="encoder.layer",
+    attention_norm="norm1",
+    older_layouts=({"attention": "attention.attention", "k_proj": "key", "v_proj": "value"},),
+)
+CLIP_BLOCKS = BackboneSpec(layers="encoder.layers", attention="self_attn", attention_norm="layer_norm1")
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vit": BackboneSpec(description="ViTModel, ViTForImageClassification: [CLS, prompts, patches]"),
+    "deit": BackboneSpec(
+        num_special_tokens=2,
+        heads=("classifier", "cls_classifier", "distillation_classifier"),
+        description="DeiTModel, DeiTForImageClassification(WithTeacher): prompts after CLS and distillation tokens",
+    ),
+    "beit": BackboneSpec(
+        relative_position_bias="relative_position_bias",
+        description="BeitModel, BeitForImageClassification: relative position biases get zero rows/columns for the "
+        "prompts; the mean-pooled head never sees them",
+    ),
+    "swin": BackboneSpec(
+        layers="encoder.layers.*.blocks",
+        num_special_tokens=0,
+        relative_position_bias="attention.relative_position_bias",
+        windows=WindowSpec(),
+        description="SwinModel, SwinForImageClassification: prompt tokens are prepended to every window (zero "
+        "relative bias, never masked), averaged over the windows, widened by each patch merging and mean-pooled "
+        "with the patches, as the official code (one tensor per stage width)",
+    ),
+    "dinov2": replace(
+        DINOV2_BLOCKS,
+        description="Dinov2Model, Dinov2ForImageClassification: the head's patch mean never sees the prompts",
+    ),
+    "dinov2_with_registers": replace(
+        DINOV2_BLOCKS,
+        num_special_tokens=cls_and_registers,
+        description="Dinov2WithRegistersModel, ...ForImageClassification: prompts after CLS and the registers",
+    ),
+    "clip_vision_model": replace(
+        CLIP_BLOCKS,
+        final_norm=None,
+        description="CLIPVisionModel(WithProjection), CLIPModel's vision tower: prompts after pre_layrnorm, CLS pooled",
+    ),
+    "siglip_vision_model": replace(
+        CLIP_BLOCKS,
+        num_special_tokens=0,
+        final_norm="post_layernorm",
+        description="SiglipVisionModel, SiglipForImageClassification: no CLS, prompts first, stripped before pooling",
+    ),
+}
+
+
+def register_backbone(model_type: str, spec: BackboneSpec) -> None:
+    """Teach vpt_peft a new backbone family, keyed by its ``config.model_type``."""
+    BACKBONES[model_type] = spec
+
+
+def get_path(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def has_path(root: nn.Module, path: str) -> bool:
+    try:
+        get_layers(root, path) if "*" in path else get_path(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def get_layers(root: nn.Module, path: str) -> list[nn.Module]:
+    """The blocks at ``path``, in forward order; ``*`` iterates a list and continues in each element."""
+    head, star, rest = path.partition(".*")
+    container = get_path(root, head)
+    if not star:
+        return list(container)
+    return [layer for child in container for layer in get_layers(child, rest.removeprefix("."))]
+
+
+@dataclass
+class Backbone:
+    """A backbone found inside a user's model, with the sizes the methods need."""
+
+    path: str
+    module: PreTrainedModel
+    model_type: str
+    spec: BackboneSpec
+    hidden_size: int
+    num_layers: int
+    layer_widths: list[int]
+    layer_head_dims: list[int]
+    num_special_tokens: int
+    patch_fan_in: int
+    heads: list[str] = field(default_factory=list)
+
+    def sub(self, relative: str) -> nn.Module:
+        return get_path(self.module, relative)
+
+    def qualified(self, relative: str) -> str:
+        return f"{self.path}.{relative}" if self.path else relative
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return get_layers(self.module, self.spec.layers)
+
+    def describe(self) -> dict:
+        """What an adapter records about its backbone, to refuse loading onto a different one."""
+        return {"model_type": self.model_type, "hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+
+def supported_families() -> str:
+    return ", ".join(sorted(BACKBONES))
+
+
+def _unsupported(model: nn.Module) -> UnsupportedModelError:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return UnsupportedModelError(
+        f"vpt_peft cannot prompt {type(model).__name__} (model_type={model_type!r}): no vision transformer backbone "
+        f"of a supported family was found. Supported families (config.model_type): {supported_families()}. "
+        "To add a family with the standard ViT layout, call vpt_peft.register_backbone('<model_type>', "
+        "BackboneSpec(embeddings=..., layers=..., attention=..., ...)); see docs/backbones.md."
+    )
+
+
+def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list[nn.Module]) -> list[str]:
+    """What the hooks silently rely on and this backbone lacks (empty when the entry fits).
+
+    Every block needs the attention and its pre-norm at the entry's paths, separate key and value ``Linear``
+    projections (prompt keys/values are made with them), and the attention module must carry the model config
+    (the attention function reads the backend from it) and come from a modeling file with an
+    ``eager_attention_forward`` (the eager backend vpt_peft wraps). The config needs the sizes the prompts are
+    built from.
+    """
+    problems = []
+    config = module.config
+    for field_name in ("hidden_size", "patch_size"):
+        if not hasattr(config, field_name):
+            problems.append(f"config has no {field_name}")
+    if not layers:
+        return problems + [f"no blocks at {spec.layers!r}"]
+    block = layers[0]
+    for role, path in (("attention", spec.attention), ("attention_norm", spec.attention_norm)):
+        if not has_path(block, path):
+            problems.append(f"a block has no {role} at {path!r}")
+    if problems:
+        return problems
+    attention = get_path(block, spec.attention)
+    for role, name in (("k_proj", spec.k_proj), ("v_proj", spec.v_proj)):
+        if not isinstance(getattr(attention, name, None), nn.Linear):
+            problems.append(f"the attention has no separate {role} Linear named {name!r} (fused qkv is not supported)")
+    if getattr(attention, "config", None) is None:
+        problems.append("the attention module has no .config (the attention backend is read from it)")
+    if not hasattr(sys.modules.get(type(attention).__module__), "eager_attention_forward"):
+        problems.append(f"{type(attention).__module__} defines no eager_attention_forward")
+    if not hasattr(attention, "head_dim") and not hasattr(config, "num_attention_heads"):
+        problems.append("neither the attention's head_dim nor config.num_attention_heads is set")
+    return problems
+
+
+def _layout(module: PreTrainedModel, spec: BackboneSpec) -> Optional[BackboneSpec]:
+    """The first of ``spec``'s layouts that fits ``module`` (None: no layout's embeddings and blocks are there).
+
+    When no layout fits whole, the first whose embeddings and blocks exist is returned, so that
+    :func:`unmet_requirements` names what that one lacks instead of the model being called unsupported.
+    """
+    present = [s for s in spec.layouts() if has_path(module, s.embeddings) and has_path(module, s.layers)]
+    fitting = (s for s in present if not unmet_requirements(module, s, get_layers(module, s.layers)))
+    return next(fitting, present[0] if present else None)
+
+
+def find_backbone(model: nn.Module) -> Backbone:
+    """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
+    found = []
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
+            continue
+        spec = _layout(module, BACKBONES[model_type])
+        if spec is not None:
+            found.append((name, module, model_type, spec))
+    if not found:
+        raise _unsupported(model)
+    if len(found) > 1:
+        names = ", ".join(repr(name) for name, *_ in found)
+        raise UnsupportedModelError(f"Found several backbones ({names}); vpt_peft prompts exactly one.")
+    path, module, model_type, spec = found[0]
+    config = module.config
+    layers = get_layers(module, spec.layers)
+    problems = unmet_requirements(module, spec, layers)
+    if problems:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} (model_type={model_type!r}) does not fit its backbone table entry: "
+            + "; ".join(problems)
+            + ". Correct the entry with vpt_peft.register_backbone (see docs/contributing.md)."
+        )
+    attentions = [get_path(layer, spec.attention) for layer in layers]
+    widths = [getattr(a, spec.k_proj).in_features for a in attentions]
+    head_dims = [
+        a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)
+    ]
+    patch = config.patch_size if isinstance(config.patch_size, int) else math.prod(config.patch_size)
+    patch_area = patch * patch if isinstance(config.patch_size, int) else patch
+    heads = [h for h in spec.heads if isinstance(getattr(model, h, None), nn.Module)]
+    return Backbone(
+        path=path,
+        module=module,
+        model_type=model_type,
+        spec=spec,
+        hidden_size=config.hidden_size,
+        num_layers=len(layers),
+        layer_widths=widths,
+        layer_head_dims=head_dims,
+        num_special_tokens=spec.special_tokens(config),
+        patch_fan_in=getattr(config, "num_channels", 3) * patch_area,
+        heads=heads,
+    )

@@ -1,0 +1,86 @@
+"""Training recipes: the papers' optimisers and schedules, parameter roles, and per-method presets.
+
+Methods register their recipes here from their own packages (:func:`register_recipe`); the CLI, the demo and
+``preset(name, task)`` read the registry.
+"""
+
+from .dpt import (
+    DualPromptEpochCallback,
+    dual_prompt_optimizer,
+    dual_prompt_parameter_groups,
+    dual_prompt_scheduler,
+    dual_prompt_training,
+    few_shot_subset,
+    set_epoch,
+)
+from .presets import (
+    FGVC,
+    RECIPES,
+    TASKS,
+    VTAB_NATURAL,
+    VTAB_SPECIALIZED,
+    VTAB_STRUCTURED,
+    Preset,
+    Recipe,
+    get_recipe,
+    lr_grid_for,
+    preset,
+    recipe_names,
+    register_recipe,
+    sgd_training,
+)
+from .roles import HEAD, HEAD_BIAS, OTHER, parameter_roles
+from .schedules import (
+    EPOCHS,
+    LR_GRID,
+    MOMENTUM,
+    REFERENCE_BATCH,
+    WARMUP_EPOCHS,
+    WD_GRID,
+    epoch_scheduler,
+    make_optimizer,
+    param_groups,
+    scaled_lr,
+    step_scheduler,
+    warmup_cosine,
+)
+
+__all__ = [
+    "EPOCHS",
+    "FGVC",
+    "HEAD",
+    "HEAD_BIAS",
+    "LR_GRID",
+    "MOMENTUM",
+    "OTHER",
+    "RECIPES",
+    "REFERENCE_BATCH",
+    "TASKS",
+    "VTAB_NATURAL",
+    "VTAB_SPECIALIZED",
+    "VTAB_STRUCTURED",
+    "WARMUP_EPOCHS",
+    "WD_GRID",
+    "DualPromptEpochCallback",
+    "Preset",
+    "Recipe",
+    "dual_prompt_optimizer",
+    "dual_prompt_parameter_groups",
+    "dual_prompt_scheduler",
+    "dual_prompt_training",
+    "epoch_scheduler",
+    "few_shot_subset",
+    "get_recipe",
+    "lr_grid_for",
+    "make_optimizer",
+    "param_groups",
+    "parameter_roles",
+    "preset",
+    "recipe_names",
+    "register_recipe",
+    "scaled_lr",
+    "set_epoch",
+    "sgd_training",
+    "step_scheduler",
+    "warmup_cosine",
+]
