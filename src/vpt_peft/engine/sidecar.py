@@ -79,10 +79,13 @@ class SidecarLayer(nn.Module, BaseTunerLayer):
         return getattr(self, self.adapter_layer_names[0])
 
     def add_bank(self, adapter_name: str, bank: nn.Module, device_reference: nn.Module) -> None:
-        """Register ``bank`` on the device of ``device_reference`` (unless either lives on the meta device)."""
+        """Register ``bank`` on the device of ``device_reference`` (unless either lives on the meta device), in this
+        sidecar's mode: a bank added to a model in eval mode must not apply prompt dropout (``nn.Module`` starts in
+        training mode, so ``add_adapter`` after ``model.eval()`` would otherwise give random outputs)."""
         device = next((p.device for p in device_reference.parameters() if not p.is_meta), None)
         if device is not None and not any(p.is_meta for p in bank.parameters()):
             bank.to(device)
+        bank.train(self.training)
         self.banks[adapter_name] = bank
         self.set_adapter(self.active_adapters)
 
