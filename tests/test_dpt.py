@@ -334,3 +334,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, images):
         kwargs = {method.replace("_enable", "_kwargs"): {"use_reentrant": False}}
         getattr(checkpointed.base_model.model, method)(**kwargs)
     checkpointed(pixel_values=images, labels=labels).loss.backward()
+
+
+def test_set_and_delete_adapter_reach_the_text_sidecar(tokenizer, images):
+    """DPT has two sidecars: switching or deleting an adapter must reach the text context too."""
+    _, model = dpt(tokenizer)
+    config = copy.deepcopy(model.peft_config["default"])
+    config.tokenizer = tokenizer
+    model.add_adapter("b", config)
+    text = model.base_model.model.text_model.embeddings.prompt_adapter
+    model.set_adapter("b")
+    assert text.active_adapters == ["b"] and model.active_adapters == ["b"]
+    model.delete_adapter("default")
+    assert "default" not in text.banks and list(model.peft_config) == ["b"]

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from peft import PeftModel
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, delete_adapter, set_adapter
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -210,7 +210,7 @@ class PromptTuner(BaseTuner):
             self._unload_and_optionally_merge(merge=False)
             self.peft_config.clear()
         else:
-            BaseTuner.delete_adapter(self, adapter_name)
+            self._delete_from_every_sidecar(adapter_name)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Activate one adapter (prompts of two adapters cannot run at once: use ``adapter_names`` to mix tasks)."""
@@ -223,7 +223,10 @@ class PromptTuner(BaseTuner):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise ValueError(f"Unknown adapter {unknown[0]!r}; this model has {sorted(self.peft_config)}.")
-        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        # In every sidecar: peft's own switch reaches only tuner_layer_cls layers, which would leave a method's other
+        # sidecars (DPT's text context) on the previous adapter, and trainable.
+        set_adapter(self.model, adapter_name, inference_mode=inference_mode, layer_cls=SidecarLayer)
+        self.active_adapter = adapter_name
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; the last one cannot go (the model would have no prompts to run: use ``unload()``)."""
@@ -232,7 +235,15 @@ class PromptTuner(BaseTuner):
                 f"{adapter_name!r} is the model's only adapter; deleting it would leave a PeftModel that cannot run. "
                 "Use model.unload() to get the base model back, or add another adapter first."
             )
-        super().delete_adapter(adapter_name)
+        self._delete_from_every_sidecar(adapter_name)
+
+    def _delete_from_every_sidecar(self, adapter_name: str) -> None:
+        """peft's own deletion reaches only ``tuner_layer_cls`` layers; a method may have more sidecars (DPT)."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"Adapter {adapter_name} does not exist")
+        del self.peft_config[adapter_name]
+        remaining = delete_adapter(self.model, adapter_name=adapter_name, prefix=self.prefix, layer_cls=SidecarLayer)
+        self.active_adapter = remaining or []
 
     def finish_adapter(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
         """Route attention through vpt_peft's attention function if the new adapter needs extra keys/values."""
