@@ -35,7 +35,7 @@ from transformers import (
     ViTModel,
 )
 
-from vpt_peft import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
+from vpt_peft import VisualPromptConfig, recipes
 
 from .helpers import NO_DROPOUT
 from .helpers import SIZES as TINY
@@ -195,13 +195,25 @@ CASES = [
     BackboneCase("swin", _swin, "swin", 0),
 ]
 
-METHODS = {
-    "vpt-shallow": lambda: VisualPromptConfig(num_prompts=3),
-    "vpt-deep": lambda: VisualPromptConfig(num_prompts=3, deep=True),
-    "vpt-deep-sequence": lambda: VisualPromptConfig(num_prompts=3, deep=True, prompt_path="sequence"),
-    "vfpt": lambda: FourierPromptConfig(num_prompts=4, deep=True),
-    "e2vpt": lambda: KVPromptConfig(num_prompts=3, num_kv_prompts=2),
-}
+TINY_OVERRIDES = {"num_prompts": 4}
+"""What every registered recipe's default config gets in the matrix: a few prompts (VFPT needs floor(0.5 p) >= 1)."""
+
+EXTRA_METHODS = {"vpt-deep-sequence": lambda: VisualPromptConfig(num_prompts=3, deep=True, prompt_path="sequence")}
+"""Variants the matrix runs besides the registered recipes (the in-sequence execution of VPT-deep)."""
+
+
+def matrix_methods() -> dict[str, Callable[[], object]]:
+    """The matrix's methods: every registered recipe for a vision classifier (read now, so a method registered by
+    its own folder joins every check without a test edit), plus :data:`EXTRA_METHODS`."""
+    methods = {
+        name: (lambda recipe=recipe: recipe.presets(None).make_config(**TINY_OVERRIDES))
+        for name, recipe in recipes.RECIPES.items()
+        if recipe.base_model == "image-classification"
+    }
+    return {**methods, **EXTRA_METHODS}
+
+
+METHODS = matrix_methods()
 
 
 def build(case: BackboneCase, seed: int = 0) -> torch.nn.Module:
