@@ -1,6 +1,7 @@
 # `make test` and `make demo` set up (or refresh) a local virtualenv in .venv, then run.
 # torch==2.13.0 is installed first and pinned, so a fresh machine never pulls a CUDA build;
-# constraints.txt records the exact versions CI tests.
+# constraints.txt records the exact versions CI tests: the newest end of the declared range.
+# constraints-min.txt records the oldest end; `make test-compat` runs the suite at both.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.vpt-peft-installed
 ADAPTERS_VENV := .venv-adapters
 ADAPTERS_STAMP := $(ADAPTERS_VENV)/.installed
 
-.PHONY: venv test test-kernels demo docs bench bench-adapters-venv clean
+.PHONY: venv test test-kernels test-compat demo docs bench bench-adapters-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,29 @@ test-kernels: $(STAMP)
 	else echo "test-kernels: no AVX-512 on this CPU, ONEDNN_MAX_CPU_ISA=AVX512_CORE skipped"; fi
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
 
+# Both ends of the declared transformers/peft/accelerate range (docs/compatibility.md), each in its own
+# virtualenv built from scratch with torch pinned to the local CPU wheel: the oldest (constraints-min.txt)
+# and the newest (constraints.txt, the set CI runs). Run before every release and after changing a range.
+COMPAT_VENVS := .venv-compat-min .venv-compat-max
+
+.venv-compat-min/.installed: constraints-min.txt pyproject.toml
+.venv-compat-max/.installed: constraints.txt pyproject.toml
+.venv-compat-%/.installed:
+	rm -rf .venv-compat-$*
+	$(PYTHON) -m venv .venv-compat-$*
+	.venv-compat-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-compat-$*/bin/python -m pip install --quiet "torch==2.13.0" -c $<
+	.venv-compat-$*/bin/python -m pip install --quiet -c $< -e ".[test]"
+	touch $@
+
+test-compat: $(COMPAT_VENVS:%=%/.installed)
+	status=0; for venv in $(COMPAT_VENVS); do \
+		$$venv/bin/python -c "import sys, accelerate, peft, torch, transformers; print('$$venv: python', \
+			sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, \
+			'peft', peft.__version__, 'accelerate', accelerate.__version__)"; \
+		$$venv/bin/python -m pytest -q -p no:cacheprovider || status=1; \
+	done; exit $$status
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
@@ -53,4 +77,4 @@ bench: $(STAMP) $(ADAPTERS_STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(ADAPTERS_VENV) site build dist src/*.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) $(COMPAT_VENVS) site build dist src/*.egg-info

@@ -42,8 +42,15 @@ def _special_tokens(spec: BackboneSpec) -> str:
     return str(n)
 
 
+def _older(spec: BackboneSpec) -> str:
+    """The older transformers layouts of a family, as the names that differ."""
+    layouts = [", ".join(f"{k} {_code(v)}" for k, v in layout.items()) for layout in spec.older_layouts]
+    return "; ".join(f"older transformers: {text}" for text in layouts)
+
+
 def row(model_type: str, spec: BackboneSpec) -> list[str]:
     classes, _, notes = spec.description.partition(": ")
+    notes = "; ".join(text for text in (notes, _older(spec)) if text)
     return [
         _code(model_type),
         classes or "-",

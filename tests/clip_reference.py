@@ -27,7 +27,7 @@ def text_features(clip, ids, ctx=None):
         x = torch.cat([x[:, :1], ctx, x[:, 1 + ctx.shape[1] :]], dim=1)
     x = x + _w(tm.embeddings.position_embedding.weight)[: ids.shape[1]]
     for layer in tm.encoder.layers:
-        x = block(layer, x, CLIP_LAYOUT, causal=True)
+        x = block(layer, x, CLIP_LAYOUT, clip.config.text_config.num_attention_heads, causal=True)
     x = layer_norm(x, tm.final_layer_norm)
     eos = (ids == clip.config.text_config.eos_token_id).int().argmax(-1)
     return linear(x[torch.arange(ids.shape[0]), eos], clip.text_projection)
@@ -61,7 +61,7 @@ def image_features(clip, pixels, prompts=None, generators=None, queries=None):
         n = x.shape[1]
         if extra is not None:
             x = torch.cat([x, extra], dim=1)  # appended after the patches, as the reference
-        x = block(layer, x, CLIP_LAYOUT)[:, :n]  # strip
+        x = block(layer, x, CLIP_LAYOUT, clip.config.vision_config.num_attention_heads)[:, :n]  # strip
     return linear(layer_norm(x[:, 0], vm.post_layernorm), clip.visual_projection), aux
 
 

@@ -48,6 +48,14 @@ def assert_equal_to_rounding(got: torch.Tensor, want: torch.Tensor, atol: float 
     torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
 
 
+def enable_checkpointing(model, reentrant: bool) -> None:
+    """Turn on activation checkpointing by the installed transformers' current name (5.23 renamed it)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+
+
 def sidecar(model):
     """The prompt adapter layer attached to a peft model's backbone."""
     return next(m for m in model.modules() if hasattr(m, "banks"))

@@ -70,9 +70,22 @@ CLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", quic
 SIGLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", gelu_tanh, final_norm="post_layernorm")
 
 
+def projections(attn: nn.Module, out_proj: str) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """The (query, key, value, output) linear layers of an attention module, in the layout it has.
+
+    transformers 5.18 gave Dinov2 ``q_proj``/``k_proj``/``v_proj``/``o_proj`` on the attention module; before,
+    they sat at ``attention.query``/``key``/``value`` and ``output.dense``. Read from the module, like the library.
+    """
+    if hasattr(attn, "k_proj"):
+        return attn.q_proj, attn.k_proj, attn.v_proj, getattr(attn, out_proj)
+    inner = attn.attention
+    return inner.query, inner.key, inner.value, attn.output.dense
+
+
 def attention(
     attn: nn.Module,
     h: torch.Tensor,
+    num_heads: int,
     out_proj: str,
     extra_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     causal: bool = False,
@@ -80,12 +93,13 @@ def attention(
     """Multi-head attention over ``h`` (B, S, d); ``extra_kv`` = unprojected (k, v) of shape (1 or B, T, d) appended
     to the keys/values (E2VPT); ``causal`` masks future positions (CLIP's text tower)."""
     B, S, d = h.shape
-    hd = attn.head_dim
+    hd = d // num_heads
 
     def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(t.shape[0], -1, d // hd, hd).transpose(1, 2).expand(B, -1, -1, -1)
+        return t.reshape(t.shape[0], -1, num_heads, hd).transpose(1, 2).expand(B, -1, -1, -1)
 
-    q, k, v = heads(linear(h, attn.q_proj)), heads(linear(h, attn.k_proj)), heads(linear(h, attn.v_proj))
+    q_proj, k_proj, v_proj, o_proj = projections(attn, out_proj)
+    q, k, v = heads(linear(h, q_proj)), heads(linear(h, k_proj)), heads(linear(h, v_proj))
     if extra_kv is not None:
         k = torch.cat([k, heads(extra_kv[0].double())], dim=2)
         v = torch.cat([v, heads(extra_kv[1].double())], dim=2)
@@ -93,28 +107,23 @@ def attention(
     if causal:
         scores = scores.masked_fill(torch.ones(S, k.shape[2], dtype=torch.bool).triu(1), float("-inf"))
     out = scores.softmax(-1) @ v
-    return linear(out.transpose(1, 2).reshape(B, S, d), getattr(attn, out_proj))
+    return linear(out.transpose(1, 2).reshape(B, S, d), o_proj)
 
 
 def block(
     layer: nn.Module,
     x: torch.Tensor,
     layout: Layout,
+    num_heads: int,
     extra_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     causal: bool = False,
 ) -> torch.Tensor:
     """One pre-norm transformer block: x + [scale1] attn(norm1 x), then + [scale2] mlp(norm2 x)."""
-    a = attention(
-        layer.get_submodule(layout.attention),
-        layer_norm(x, layer.get_submodule(layout.norm1)),
-        layout.out_proj,
-        extra_kv,
-        causal,
-    )
+    normed = layer_norm(x, layer.get_submodule(layout.norm1))
+    a = attention(layer.get_submodule(layout.attention), normed, num_heads, layout.out_proj, extra_kv, causal)
     x = x + (a * layer.get_parameter(layout.scale1).double() if layout.scale1 else a)
-    m = linear(
-        layout.activation(linear(layer_norm(x, layer.get_submodule(layout.norm2)), layer.mlp.fc1)), layer.mlp.fc2
-    )
+    normed = layer_norm(x, layer.get_submodule(layout.norm2))
+    m = linear(layout.activation(linear(normed, layer.mlp.fc1)), layer.mlp.fc2)
     return x + (m * layer.get_parameter(layout.scale2).double() if layout.scale2 else m)
 
 
@@ -146,7 +155,7 @@ def reference_sequence(
             x = torch.cat([x[:, :n], P, x[:, n + inserted :]], dim=1)
             inserted = P.shape[1]
         extra = tuple(t.double().unsqueeze(0) for t in kv[i]) if i in kv else None
-        x = block(layer, x, layout, extra)
+        x = block(layer, x, layout, backbone.config.num_attention_heads, extra)
     if layout.final_norm:
         x = layer_norm(x, backbone.get_submodule(layout.final_norm))
     return torch.cat([x[:, :n], x[:, n + inserted :]], dim=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import vpt_peft
 
 PACKAGE = Path(vpt_peft.__file__).parent
+TESTS = Path(__file__).parent
 
 
 def _module_name(path: Path) -> str:
@@ -155,6 +156,10 @@ from vpt_peft import recipes
 from vpt_peft.cli import build_parser
 
 assert "scaled" in vpt_peft.METHODS and "scaled" in recipes.recipe_names()
+from tests.backbone_cases import CASES, matrix, method_case  # the backbone x method test matrix
+
+assert type(method_case("scaled").config()).__name__ == "ScaledPromptConfig"
+assert {f"{case.name}-scaled" for case in CASES} <= {cell.id for cell in matrix()}
 args = build_parser().parse_args(["train", "--model", "m", "--dataset", "d", "--output", "o", "--method", "scaled"])
 config = recipes.preset(args.method).make_config()
 assert type(config).__name__ == "ScaledPromptConfig" and config.num_prompts == 2
@@ -178,7 +183,8 @@ print("registered and round-tripped")
 
 
 def test_a_new_method_is_one_folder(tmp_path):
-    """Copy the package, add one method folder, change nothing else: peft, the recipes and the CLI know it."""
+    """Copy the package, add one method folder, change nothing else: peft, the recipes, the CLI and the test
+    matrix know it."""
     root = tmp_path / "src"
     shutil.copytree(PACKAGE, root / "vpt_peft", ignore=shutil.ignore_patterns("__pycache__"))
     folder = root / "vpt_peft" / "tuners" / "scaled"
@@ -188,7 +194,7 @@ def test_a_new_method_is_one_folder(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", CHECK],
         cwd=tmp_path,
-        env={"PYTHONPATH": str(root), "PATH": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        env={"PYTHONPATH": f"{root}:{TESTS.parent}", "PATH": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,

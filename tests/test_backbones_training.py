@@ -29,6 +29,7 @@ from .backbone_cases import (
     perturb,
     tensors,
 )
+from .helpers import enable_checkpointing
 
 
 def _gradients(model: torch.nn.Module, kwargs: dict, seed: int = 4) -> dict[str, torch.Tensor]:
@@ -59,7 +60,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(case: BackboneCase, met
     plain, checkpointed = adapted(case, method), adapted(case, method)
     perturb(plain)
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    enable_checkpointing(checkpointed, reentrant)
     calls: dict[str, list] = {"plain": [], "checkpointed": []}
     for model, counter in ((plain, calls["plain"]), (checkpointed, calls["checkpointed"])):
         for layer in vpt_peft.find_backbone(model.base_model.model).layers:

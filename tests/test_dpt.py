@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 
 import datasets
 import pytest
@@ -27,6 +29,7 @@ from vpt_peft import (
 
 from .clip_helpers import CLASSES, tiny_clip, tiny_tokenizer
 from .clip_reference import cosine_logits, image_features, text_features
+from .helpers import enable_checkpointing
 
 SMALL = dict(class_names=CLASSES, text_n_ctx=4, visual_n_ctx=3, cavpt_num_tokens=3)
 
@@ -282,3 +285,33 @@ def test_scheduler_follows_dassl_warmup_then_cosine(tokenizer):
     )
     assert lrs[20] == pytest.approx([0.01, 0.002 * 0.5 * (1 + math.cos(math.pi * 9 / 20))]) and lrs[21] == lrs[20]
     assert lrs[2][1] == pytest.approx(0.002)
+
+
+def test_reentrant_checkpointing_refusal_names_a_current_method(tokenizer, images):
+    """CAVPT refuses reentrant checkpointing (the matrix checks both kinds: tests/test_backbones_training.py); the
+    fix the message names is a method the installed transformers has and does not deprecate, and it works."""
+    _, model = dpt(tokenizer)
+    enable_checkpointing(model.base_model.model, reentrant=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    model.train()
+    with pytest.raises(ValueError, match="non-reentrant") as error:
+        model(pixel_values=images, labels=labels)
+    method = re.search(r"(\w+_checkpointing_enable)\(", str(error.value)).group(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kwargs = {method.replace("_enable", "_kwargs"): {"use_reentrant": False}}
+        getattr(model.base_model.model, method)(**kwargs)
+    model(pixel_values=images, labels=labels).loss.backward()
+
+
+def test_set_and_delete_adapter_reach_the_text_sidecar(tokenizer, images):
+    """DPT has two sidecars: switching or deleting an adapter must reach the text context too."""
+    _, model = dpt(tokenizer)
+    config = copy.deepcopy(model.peft_config["default"])
+    config.tokenizer = tokenizer
+    model.add_adapter("b", config)
+    text = model.base_model.model.text_model.embeddings.prompt_adapter
+    model.set_adapter("b")
+    assert text.active_adapters == ["b"] and model.active_adapters == ["b"]
+    model.delete_adapter("default")
+    assert "default" not in text.banks and list(model.peft_config) == ["b"]

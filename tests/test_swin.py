@@ -17,6 +17,7 @@ from peft import get_peft_model
 import vpt_peft
 from vpt_peft import convert_official_prompts, load_official_prompts
 
+from .helpers import enable_checkpointing
 from .swin_cases import DEPTHS, official_prompts, swin_pixels, tiny_swin
 from .swin_reference import fourier, gated, official_swin_logits
 
@@ -238,7 +239,7 @@ def _checkpointed(config, reentrant: Optional[bool]):
     torch.manual_seed(3)
     model = get_peft_model(tiny_swin(), config).train()
     if reentrant is not None:
-        model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        enable_checkpointing(model.base_model.model, reentrant)
     return model
 
 

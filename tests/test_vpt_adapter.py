@@ -58,25 +58,24 @@ def test_push_to_hub_uploads_only_the_adapter(monkeypatch, tmp_path):
         uploaded["_repo"] = repo_id
 
     import huggingface_hub
+    import transformers.utils.hub
 
-    monkeypatch.setattr(
-        huggingface_hub.HfApi,
-        "create_repo",
-        lambda self, *a, **k: huggingface_hub.RepoUrl("https://huggingface.co/me/task"),
-    )
+    def fake_create_repo(*args, **kwargs):
+        return huggingface_hub.RepoUrl("https://huggingface.co/me/task")
+
+    def fake_create_commit(*args, operations, **kwargs):
+        for op in operations:
+            is_path = isinstance(op.path_or_fileobj, str)
+            uploaded[op.path_in_repo] = os.path.getsize(op.path_or_fileobj) if is_path else len(op.path_or_fileobj)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
-    monkeypatch.setattr(
-        huggingface_hub.HfApi,
-        "create_commit",
-        lambda self, *a, operations, **k: uploaded.update(
-            {
-                op.path_in_repo: os.path.getsize(op.path_or_fileobj)
-                if isinstance(op.path_or_fileobj, str)
-                else len(op.path_or_fileobj)
-                for op in operations
-            }
-        ),
-    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", fake_create_commit)
+    # Older transformers (5.9 for one) call the module-level create_repo/create_commit they imported: methods bound to a
+    # default HfApi at import time, which patching the class does not reach.
+    for name, fake in (("create_repo", fake_create_repo), ("create_commit", fake_create_commit)):
+        if hasattr(transformers.utils.hub, name):
+            monkeypatch.setattr(transformers.utils.hub, name, fake)
     model = get_peft_model(tiny_vit(), VisualPromptConfig(num_prompts=4, deep=True))
     model.push_to_hub("me/task", token="fake")
     files = {k for k in uploaded if not k.startswith("_")}

@@ -9,6 +9,7 @@ convenient public spellings of what those packages define.
 from peft import PeftConfig, PeftModel, get_peft_model
 
 from . import recipes
+from ._version import __version__ as __version__
 from .auto import AutoPeftModelForImageClassification
 from .convert import ConversionError, convert_official_kv_prompts, convert_official_prompts, load_official_prompts
 from .engine.attention import ExtraKeyValues, UnsupportedAttentionError
@@ -46,8 +47,6 @@ from .tuners.e2vpt import (  # noqa: E402
 )
 from .tuners.vfpt import FourierPromptConfig, FourierPromptModel  # noqa: E402
 from .tuners.vpt import VisualPromptConfig, VisualPromptModel  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKBONES",

@@ -71,14 +71,30 @@ def _folder_layout_problem(root: Path) -> str:
 
 def image_processor_for(model_path: str, image_size: int) -> Any:
     """The model's own image processor, else a documented default: resize to ``image_size``, mean/std 0.5."""
-    from transformers import AutoImageProcessor, ViTImageProcessor
+    from transformers import ViTImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(model_path)
+        return _saved_image_processor(model_path)
     except (OSError, ValueError):
         return ViTImageProcessor(
             size={"height": image_size, "width": image_size}, image_mean=DEFAULT_MEAN, image_std=DEFAULT_STD
         )
+
+
+def _saved_image_processor(model_path: str):
+    import transformers
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(model_path)
+    except ImportError:
+        # transformers 5.9-5.17 without torchvision make AutoImageProcessor a placeholder that only raises. The
+        # class the checkpoint names still loads: transformers swaps in its PIL twin (and says so).
+        from transformers.image_processing_utils import ImageProcessingMixin
+
+        saved, _ = ImageProcessingMixin.get_image_processor_dict(model_path)
+        name = saved.get("image_processor_type") or "ViTImageProcessor"
+        return getattr(transformers, name, transformers.ViTImageProcessor).from_dict(saved)
 
 
 class ImageClassificationCollator:

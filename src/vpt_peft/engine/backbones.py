@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 
@@ -24,6 +24,19 @@ from transformers import PreTrainedModel
 
 class UnsupportedModelError(ValueError):
     """The model has no backbone that vpt_peft knows how to prompt."""
+
+
+# The fields of a BackboneSpec that name modules: what an older transformers release may have called differently.
+PATH_FIELDS = (
+    "embeddings",
+    "layers",
+    "attention",
+    "attention_norm",
+    "k_proj",
+    "v_proj",
+    "final_norm",
+    "relative_position_bias",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class BackboneSpec:
     ``windows`` marks windowed attention (Swin): the blocks reshape their input to the patch grid, so prompt
     tokens cannot join the blocks' token sequence; they are carried beside it and prepended to every window
     instead (:class:`WindowSpec`, :mod:`vpt_peft.engine.windows`).
+
+    ``older_layouts`` keeps a family working across transformers releases that renamed its modules: each
+    entry maps path fields to the names an older release used, and :func:`find_backbone` takes the first
+    layout whose paths exist in the model it is given (it reads the module structure, never a version).
     """
 
     embeddings: str = "embeddings"
@@ -69,6 +86,15 @@ class BackboneSpec:
     windows: Optional[WindowSpec] = None
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
+    older_layouts: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
+
+    def __post_init__(self) -> None:
+        for layout in self.older_layouts:
+            unknown = set(layout) - set(PATH_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"BackboneSpec.older_layouts: {sorted(unknown)} are not path fields; accepted: {PATH_FIELDS}."
+                )
 
     @property
     def prompts_in_sequence(self) -> bool:
@@ -79,6 +105,10 @@ class BackboneSpec:
         n = self.num_special_tokens
         return n(config) if callable(n) else n
 
+    def layouts(self) -> list[BackboneSpec]:
+        """This spec, then one spec per older layout (its path fields replaced), in the order to try them."""
+        return [self] + [replace(self, **dict(layout), older_layouts=()) for layout in self.older_layouts]
+
 
 def cls_and_registers(config: object) -> int:
     """CLS followed by the register tokens (Dinov2 with registers)."""
@@ -86,7 +116,12 @@ def cls_and_registers(config: object) -> int:
 
 
 # Block layouts shared by two families each (the entries below differ only in tokens and pooling).
-DINOV2_BLOCKS = BackboneSpec(layers="encoder.layer", attention_norm="norm1")
+# Dinov2 before transformers 5.18 kept its projections one level down, as attention.attention.key/value.
+DINOV2_BLOCKS = BackboneSpec(
+    layers="encoder.layer",
+    attention_norm="norm1",
+    older_layouts=({"attention": "attention.attention", "k_proj": "key", "v_proj": "value"},),
+)
 CLIP_BLOCKS = BackboneSpec(layers="encoder.layers", attention="self_attn", attention_norm="layer_norm1")
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -242,6 +277,17 @@ def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list
     return problems
 
 
+def _layout(module: PreTrainedModel, spec: BackboneSpec) -> Optional[BackboneSpec]:
+    """The first of ``spec``'s layouts that fits ``module`` (None: no layout's embeddings and blocks are there).
+
+    When no layout fits whole, the first whose embeddings and blocks exist is returned, so that
+    :func:`unmet_requirements` names what that one lacks instead of the model being called unsupported.
+    """
+    present = [s for s in spec.layouts() if has_path(module, s.embeddings) and has_path(module, s.layers)]
+    fitting = (s for s in present if not unmet_requirements(module, s, get_layers(module, s.layers)))
+    return next(fitting, present[0] if present else None)
+
+
 def find_backbone(model: nn.Module) -> Backbone:
     """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
     found = []
@@ -250,8 +296,8 @@ def find_backbone(model: nn.Module) -> Backbone:
         model_type = getattr(config, "model_type", None)
         if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
             continue
-        spec = BACKBONES[model_type]
-        if has_path(module, spec.embeddings) and has_path(module, spec.layers):
+        spec = _layout(module, BACKBONES[model_type])
+        if spec is not None:
             found.append((name, module, model_type, spec))
     if not found:
         raise _unsupported(model)

@@ -66,11 +66,6 @@ class SingleTaskPlan:
         bank = self.bank
         if bank is None:
             return None
-        checkpointed = getattr(block, "gradient_checkpointing", False) and block.training
-        if checkpointed and bank.needs_extra_key_values and torch.is_grad_enabled() and not args[0].requires_grad:
-            # Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no
-            # prompt in the residual stream nothing else would, and the key-value prompts would get no gradient.
-            args = (args[0].detach().requires_grad_(), *args[1:])
         p, n = bank.sequence_tokens, layer.num_special_tokens
         if p == 0 or index < bank.first_layer:
             return args, kwargs
@@ -81,6 +76,25 @@ class SingleTaskPlan:
             splice = insert_prompts if index == bank.first_layer else replace_prompts
             hidden = splice(hidden, prompts, at=n)
         return widen_block_mask((hidden, *args[1:]), kwargs, hidden.shape[1] - p, p, n)
+
+    def embeddings_output(self, blocks: Sequence[nn.Module], output: Any) -> Any:
+        """The embeddings' output, made to require grad when checkpointed blocks must pass gradients to prompts.
+
+        Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no prompt in
+        the residual stream nothing does, and key-value prompts would get no gradient. This runs on the
+        embeddings' output because that is outside every block's checkpoint: transformers < 5.23 checkpoints a
+        block's ``__call__``, so the block's own pre-hooks run inside the checkpoint, too late.
+        """
+        bank = self.bank
+        if bank is None or not bank.needs_extra_key_values or not torch.is_grad_enabled():
+            return None
+        if not any(getattr(block, "gradient_checkpointing", False) and block.training for block in blocks):
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        if hidden.requires_grad:
+            return None
+        hidden = hidden.detach().requires_grad_()
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def extra_key_values(
         self, layer: PromptAdapterLayer, index: int, norm: nn.Module, attention: nn.Module, hidden: torch.Tensor
@@ -143,6 +157,10 @@ class MixedBatch:
         return max(bank.sequence_tokens for bank in banks), min(bank.first_layer for bank in banks)
 
     # ---------------------------------------------------------------------------------- sequence path
+    def embeddings_output(self, blocks: Sequence[nn.Module], output: Any) -> None:
+        """Nothing: a mixed batch's key-value prompts get no help under reentrant checkpointing (serving)."""
+        return None
+
     def layer_inputs(self, layer: PromptAdapterLayer, index: int, block: nn.Module, args: tuple, kwargs: dict) -> Any:
         """Open the slots at the first prompted block, then write each task's prompts into its samples' slots."""
         slots, opening = self.sequence_slots(layer)

@@ -153,6 +153,8 @@ class PromptAdapterLayer(SidecarLayer):
             self.windows = WindowedPrompts(self, backbone)
             self.windows.register_hooks(backbone)
             return
+        embeddings_hook = functools.partial(self._embeddings_hook, backbone.layers)
+        backbone.sub(spec.embeddings).register_forward_hook(embeddings_hook)
         for index, layer in enumerate(backbone.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer_pre_hook, index), with_kwargs=True)
             attention = get_path(layer, spec.attention)
@@ -176,6 +178,9 @@ class PromptAdapterLayer(SidecarLayer):
     def prompt_slots(self) -> int:
         """Prompt slots in the residual stream of the running forward, stripped from what the model returns."""
         return self.plan().sequence_slots(self)[0]
+
+    def _embeddings_hook(self, blocks: list[nn.Module], module: nn.Module, args: tuple, output: Any):
+        return self.plan().embeddings_output(blocks, output)
 
     def _layer_pre_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
         return self.plan().layer_inputs(self, index, module, args, kwargs)

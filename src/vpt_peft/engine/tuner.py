@@ -223,8 +223,8 @@ class PromptTuner(BaseTuner):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise ValueError(f"Unknown adapter {unknown[0]!r}; this model has {sorted(self.peft_config)}.")
-        # In every sidecar: peft's own set_adapter switches only ``tuner_layer_cls`` layers, which would leave a
-        # method's other sidecars (DPT's text context) on the previous adapter, and trainable.
+        # In every sidecar: peft's own switch reaches only tuner_layer_cls layers, which would leave a method's other
+        # sidecars (DPT's text context) on the previous adapter, and trainable.
         set_adapter(self.model, adapter_name, inference_mode=inference_mode, layer_cls=SidecarLayer)
         self.active_adapter = adapter_name
 
@@ -238,8 +238,7 @@ class PromptTuner(BaseTuner):
         self._delete_from_every_sidecar(adapter_name)
 
     def _delete_from_every_sidecar(self, adapter_name: str) -> None:
-        """peft's ``BaseTuner.delete_adapter`` for every sidecar: peft's own deletes from ``tuner_layer_cls`` layers
-        only, which would leave a method's other sidecars (DPT's text bank) behind."""
+        """peft's own deletion reaches only ``tuner_layer_cls`` layers; a method may have more sidecars (DPT)."""
         if adapter_name not in self.peft_config:
             raise ValueError(f"Adapter {adapter_name} does not exist")
         del self.peft_config[adapter_name]

@@ -42,6 +42,7 @@ from torch import nn
 
 from .attention import ExtraKeyValues, KeyGroup, ensure_installed, prompt_key_values, set_extra_key_values
 from .backbones import Backbone, get_path
+from .compat import checkpointing_enable_call
 from .config import KV_ONLY, PromptConfigBase
 from .tokens import open_prompt_slots
 
@@ -187,8 +188,8 @@ class WindowedPrompts:
             if getattr(func, "keywords", {}).get("use_reentrant", True):
                 raise ValueError(
                     "Swin prompts travel beside the checkpointed blocks and stages, which reentrant checkpointing "
-                    "cannot differentiate (their forward runs without autograd): use gradient_checkpointing_enable("
-                    "gradient_checkpointing_kwargs={'use_reentrant': False}), the transformers default."
+                    "cannot differentiate (their forward runs without autograd): use "
+                    f"{checkpointing_enable_call(False)}, the transformers default."
                 )
 
     def _finish(self, module: nn.Module, args: tuple, output: Any) -> Any:

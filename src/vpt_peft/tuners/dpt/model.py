@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...engine.backbones import Backbone
+from ...engine.compat import checkpointing_enable_call
 from ...engine.sidecar import SIDECAR_NAME, SidecarLayer
 from ...engine.tuner import PromptTuner
 from .config import DualPromptConfig
@@ -55,8 +56,8 @@ def _check_checkpointing(vision_layers: nn.ModuleList) -> None:
         if layer.training and getattr(layer, "gradient_checkpointing", False) and func is not None:
             if getattr(func, "keywords", {}).get("use_reentrant", True):
                 raise ValueError(
-                    "CAVPT needs non-reentrant gradient checkpointing: gradient_checkpointing_enable("
-                    "gradient_checkpointing_kwargs={'use_reentrant': False}) (or use_cavpt=False)."
+                    f"CAVPT needs non-reentrant gradient checkpointing: {checkpointing_enable_call(False)} "
+                    "(or use_cavpt=False)."
                 )
 
 
