@@ -26,7 +26,8 @@ from transformers import ViTForImageClassification
 import vpt_peft  # noqa: F401  (registers the methods with peft)
 from vpt_peft import BASE_ADAPTER, VisualPromptConfig
 from vpt_peft.demo.digits import digits_task
-from vpt_peft.demo.training import fit, pretrained_digits_vit
+from vpt_peft.demo.training import pretrained_digits_vit
+from vpt_peft.training import fit
 
 
 def tasks() -> dict[str, tuple[VisualPromptConfig, tuple, tuple]]:

@@ -23,7 +23,8 @@ from peft import PeftModel, get_peft_model
 import vpt_peft  # noqa: F401  (registers the methods with peft)
 from vpt_peft import VisualPromptConfig
 from vpt_peft.demo.digits import digits_task
-from vpt_peft.demo.training import evaluate, fit, fresh_backbone, pretrained_digits_vit
+from vpt_peft.demo.training import fresh_backbone, pretrained_digits_vit
+from vpt_peft.training import evaluate, fit
 
 
 def main() -> None:

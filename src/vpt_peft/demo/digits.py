@@ -5,6 +5,7 @@ pretraining pool, on which the small "foundation model" learns plain digits, and
 which every shifted task draws its few hundred training and test images, as VTAB-1k tasks do. The tasks
 mimic VTAB's groups: a *natural* shift (sensor noise), a *specialized* one (a new imaging modality:
 inverted, rotated scans) and two *structured* ones whose labels are geometry or counting, not the digit.
+Importing this module registers them as the ``digits`` benchmark, so ``vpt-peft sweep`` runs on them offline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+
+from ..reproduce.tasks import Benchmark, LoadOptions, TaskData, TaskInfo, register_benchmark
+from ..training import LabelledTensors
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -117,3 +121,37 @@ def digits_dataset(name: str = "plain", size: int = 32, seed: int = 0) -> Any:
         return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
     return DatasetDict(train=split(*train), test=split(*test))
+
+
+DOWNSTREAM_TASKS = ("noisy", "inverted", "orientation", "loops")
+VALIDATION_SIZE = 100
+"""The demo's miniature protocol: the last 100 of the 500 training images are ``val``, as VTAB's 200 of 1000."""
+
+
+def _load_digits(name: str, options: LoadOptions) -> TaskData:
+    """The protocol's roles for a digits task: train/val split the training pool, trainval is all of it."""
+    (x, y), (x_test, y_test), task = digits_task(name, size=options.image_size)
+    cut = len(y) - VALIDATION_SIZE
+    splits = {
+        "train": LabelledTensors(x[:cut], y[:cut]),
+        "val": LabelledTensors(x[cut:], y[cut:]),
+        "trainval": LabelledTensors(x, y),
+        "test": LabelledTensors(x_test, y_test),
+    }
+    info = TaskInfo(BENCHMARK, name, task.group, task.num_labels)
+    return TaskData(info, splits, [str(label) for label in range(task.num_labels)])
+
+
+BENCHMARK = "digits"
+register_benchmark(
+    Benchmark(
+        BENCHMARK,
+        DOWNSTREAM_TASKS,
+        _load_digits,
+        "The demo's miniature VTAB: shifted scikit-learn digits, one task per group (offline).",
+        groups={
+            group: tuple(t for t in DOWNSTREAM_TASKS if DIGIT_TASKS[t].group == group)
+            for group in ("natural", "specialized", "structured")
+        },
+    )
+)

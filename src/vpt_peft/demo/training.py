@@ -1,100 +1,24 @@
-"""A plain PyTorch training loop that follows the papers' recipe, and the demo's embedded foundation model.
+"""The demo's embedded foundation model: a small ViT pretrained on plain digits, cached, and fresh copies of it.
 
-The HF ``Trainer`` is the route for real datasets (see :mod:`vpt_peft.cli`); this loop exists for small
-in-memory tensors, where it is faster and shows the recipe in a dozen lines: SGD from
-:func:`vpt_peft.recipes.make_optimizer`, the epoch-level warm-up + cosine, per-epoch test accuracy.
+Training itself is :func:`vpt_peft.training.fit`, the loop the sweeps run too.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .. import recipes
 from ..atomic import new_folder
-
-Tensors = tuple[torch.Tensor, torch.Tensor]
+from ..training import fit
 
 
 def cache_dir() -> Path:
     """Where the demo keeps its pretrained backbone: ``$VPT_PEFT_CACHE``, default ``~/.cache/vpt_peft``."""
     return Path(os.environ.get("VPT_PEFT_CACHE", Path.home() / ".cache" / "vpt_peft"))
-
-
-@dataclass
-class FitResult:
-    """What one run produced: per-epoch loss and test accuracy, and the wall-clock training time."""
-
-    losses: list[float] = field(default_factory=list)
-    accuracies: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Tensors, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(pixel_values, labels)``, in eval mode."""
-    was_training = model.training
-    model.eval()
-    x, y = data
-    correct = sum(
-        (model(pixel_values=xb).logits.argmax(-1) == yb).sum().item()
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size))
-    )
-    model.train(was_training)
-    return correct / len(y)
-
-
-def fit(
-    model: nn.Module,
-    train: Tensors,
-    test: Optional[Tensors],
-    *,
-    epochs: int,
-    base_lr: float,
-    weight_decay: float = 0.0,
-    batch_size: int = 64,
-    warmup_epochs: int = 0,
-    seed: int = 0,
-    desc: str = "training",
-    optimizer_fn: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None,
-) -> FitResult:
-    """Train with the VPT recipe (SGD, lr x batch/256, epoch-level warm-up + cosine); evaluate every epoch.
-
-    ``optimizer_fn`` replaces the SGD recipe (the demo pretrains its backbone with AdamW, as ViTs are).
-    """
-    optimizer = (
-        optimizer_fn(model) if optimizer_fn else recipes.make_optimizer(model, base_lr, weight_decay, batch_size)
-    )
-    scheduler = recipes.epoch_scheduler(optimizer, warmup_epochs, epochs)
-    generator = torch.Generator().manual_seed(seed)
-    x, y = train
-    result, start = FitResult(), time.perf_counter()
-    model.train()
-    bar = tqdm(range(epochs), desc=desc, leave=False)
-    for _ in bar:
-        total = 0.0
-        for batch in torch.randperm(len(y), generator=generator).split(batch_size):
-            loss = model(pixel_values=x[batch], labels=y[batch]).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            total += loss.item() * len(batch)
-        scheduler.step()
-        result.losses.append(total / len(y))
-        if test is not None:
-            result.accuracies.append(evaluate(model, test))
-            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", acc=f"{result.accuracies[-1]:.3f}")
-    result.seconds = time.perf_counter() - start
-    model.eval()
-    return result
 
 
 def pretrained_digits_vit(

@@ -8,7 +8,14 @@ from ...engine.registration import register_method
 from .config import KVPromptConfig
 from .layer import KVPromptBank, KVPromptLayer
 from .model import KVPromptModel
-from .pruning import PruningResult, effective_prompt_parameters, importance_scores, prune_prompts, select_pruning
+from .pruning import (
+    PruningResult,
+    apply_pruning,
+    effective_prompt_parameters,
+    importance_scores,
+    prune_prompts,
+    select_pruning,
+)
 from .recipe import register_recipes
 
 PEFT_TYPE = register_method("kvprompt", KVPromptConfig, KVPromptModel)
@@ -21,6 +28,7 @@ __all__ = [
     "KVPromptLayer",
     "KVPromptModel",
     "PruningResult",
+    "apply_pruning",
     "effective_prompt_parameters",
     "importance_scores",
     "prune_prompts",

@@ -146,11 +146,42 @@ def prune_prompts(
     """
     check_fraction("token_ratio", token_ratio, upper_inclusive=False)
     check_fraction("segment_ratio", segment_ratio, upper_inclusive=False)
+    name = _check_prunable(model, adapter_name, rewind)
+    with torch.enable_grad():
+        token_scores, segment_scores = importance_scores(
+            model, data, adapter_name=name, importance=importance, loss_fn=loss_fn
+        )
+    result = select_pruning(token_scores, segment_scores, token_ratio, segment_ratio)
+    apply_pruning(model, result, adapter_name=name, rewind=rewind)
+    return result
+
+
+@torch.no_grad()
+def apply_pruning(
+    model: nn.Module, result: PruningResult, *, adapter_name: Optional[str] = None, rewind: Optional[str] = "initial"
+) -> None:
+    """Prune an E2VPT adapter in place with a selection made elsewhere (:func:`select_pruning` of stored scores).
+
+    A sweep scores the prompts once and then tries several pruning ratios, each on a fresh copy of the model
+    made with the same seed: with ``rewind="initial"`` that copy's initial values are the ones the scored run
+    started from, so pruning it equals pruning the scored run and rewinding it.
+    """
+    name = _check_prunable(model, adapter_name, rewind)
+    sidecar, bank, _ = _sidecar_and_bank(model, name)
+    if tuple(result.segment_mask.shape) != (bank.num_prompts, bank.num_segments):
+        raise ValueError(
+            f"The pruning result is for {tuple(result.segment_mask.shape)} (tokens, segments); adapter {name!r} "
+            f"has ({bank.num_prompts}, {bank.num_segments})."
+        )
+    _replace_bank(model, sidecar, bank, name, _peft_config(model, name), result, rewind)
+
+
+def _check_prunable(model: nn.Module, adapter_name: Optional[str], rewind: Optional[str]) -> str:
+    """The adapter's name, once it is known to be an unpruned E2VPT adapter that ``rewind`` can apply to."""
     if rewind not in ("initial", "reinit", None):
         raise ValueError(f"rewind must be 'initial', 'reinit' or None, got {rewind!r}.")
-    sidecar, bank, name = _sidecar_and_bank(model, adapter_name)
-    peft_config: KVPromptConfig = _peft_config(model, name)
-    if peft_config.pruned:
+    _, bank, name = _sidecar_and_bank(model, adapter_name)
+    if _peft_config(model, name).pruned:
         raise ValueError(f"Adapter {name!r} is already pruned.")
     if bank.num_prompts == 0:
         raise ValueError(f"Adapter {name!r} has no visual prompts (num_prompts=0): there is nothing to prune.")
@@ -158,13 +189,7 @@ def prune_prompts(
         raise ValueError(
             "This adapter was loaded from disk, so its initial values are unknown: use rewind='reinit' or None."
         )
-    with torch.enable_grad():
-        token_scores, segment_scores = importance_scores(
-            model, data, adapter_name=name, importance=importance, loss_fn=loss_fn
-        )
-    result = select_pruning(token_scores, segment_scores, token_ratio, segment_ratio)
-    _replace_bank(model, sidecar, bank, name, peft_config, result, rewind)
-    return result
+    return name
 
 
 def _peft_config(model: nn.Module, name: str) -> KVPromptConfig:
