@@ -20,13 +20,15 @@ from .. import recipes
 from ..atomic import staged_save
 from ..data import ImageClassificationCollator, accuracy, image_processor_for, load_image_dataset
 from .io import CLIError, read_labels, read_run_info, steps_per_epoch, write_labels
+from .sweep import report, sweep
 
 CONFIG_FLAGS = ("num_prompts", "fourier_ratio", "num_kv_prompts")
 """CLI flags that set a config field of the same name (or the recipe's alias for it)."""
 
 
 def run(args: argparse.Namespace) -> None:
-    {"train": train, "eval": evaluate, "predict": predict, "info": info}[args.command](args)
+    commands = {"train": train, "eval": evaluate, "predict": predict, "info": info, "sweep": sweep, "report": report}
+    commands[args.command](args)
 
 
 def _peft_config(args: argparse.Namespace, labels: list[str]):

@@ -1,9 +1,10 @@
 """``vpt-peft`` argument parsing and entry point: train, evaluate, inspect and apply adapters from a shell.
 
-``train`` runs the HF ``Trainer`` (progress bars, logging, per-epoch checkpoints, ``--resume``) with the
-papers' optimiser (:mod:`vpt_peft.recipes`) on a Hub dataset, a local image folder or the built-in digits,
-and writes the adapter plus ``labels.json`` and the image processor, which ``eval``, ``predict`` and
-``info`` read back. Errors are reported on one line, without a traceback.
+``sweep`` runs the papers' whole protocol (grid, selection, final seeds) on a benchmark and ``report``
+tabulates it (:mod:`vpt_peft.cli.sweep`). ``train`` runs the HF ``Trainer`` (progress bars, logging,
+per-epoch checkpoints, ``--resume``) with the papers' optimiser (:mod:`vpt_peft.recipes`) on a Hub dataset,
+a local image folder or the built-in digits, and writes the adapter plus ``labels.json`` and the image
+processor, which ``eval``, ``predict`` and ``info`` read back. Errors are reported on one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NoReturn, Optional
 import vpt_peft
 
 from .. import recipes
+from . import sweep
 from .commands import run
 from .io import CLIError
 
@@ -49,7 +51,8 @@ def _method(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vpt-peft",
-        description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT, DPT).",
+        description="Train, evaluate, inspect and apply visual-prompt adapters (VPT, VFPT, E2VPT, DPT), and reproduce "
+        "the papers' benchmark protocols.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"vpt-peft {vpt_peft.__version__}")
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method vpt-deep --output runs/vpt; then eval/predict/info runs/vpt"
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info}"
+        dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info,sweep,report}"
     )
 
     train = sub.add_parser(
@@ -114,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="method, base model, sizes of an adapter", formatter_class=_Formatter)
     info.add_argument("adapter", type=Path, help="an adapter folder (any vpt_peft method)")
+    sweep.add_commands(sub, _Formatter)
     return parser
 
 

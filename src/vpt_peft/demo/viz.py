@@ -22,22 +22,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..atomic import atomic_open
 from ..engine.backbones import find_backbone
 from ..engine.sidecar import PromptAdapterLayer
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "vpt_peft.demo.viz draws with matplotlib: pip install 'vpt-peft[demo]' (or matplotlib)."
-        ) from error
-    return plt
+from ..plotting import pyplot, save_figure
 
 
 @dataclass
@@ -111,7 +98,7 @@ def save_attention_maps(
     model: nn.Module, pixel_values: torch.Tensor, path: Union[str, Path], title: str = ""
 ) -> AttentionMaps:
     """Write a PNG: the image, then per layer CLS's map (top row) and the prompts' mean map (bottom row)."""
-    plt = _pyplot()
+    plt = pyplot()
     maps = attention_maps(model, pixel_values)
     has_prompts = any(m is not None for m in maps.prompts)
     rows, cols = (2 if has_prompts else 1), maps.num_layers + 1
@@ -133,14 +120,14 @@ def save_attention_maps(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return maps
 
 
 def plot_accuracy_vs_params(rows: Sequence[dict], path: Union[str, Path]) -> None:
     """One point per (method, task): test accuracy against the trainable share (log scale), one colour per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method in dict.fromkeys(row["method"] for row in rows):
         mine = [row for row in rows if row["method"] == method]
@@ -151,13 +138,13 @@ def plot_accuracy_vs_params(rows: Sequence[dict], path: Union[str, Path]) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Union[str, Path]) -> None:
     """Per task, test accuracy after each epoch for every method (``curves[task][method]``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 3.0), squeeze=False)
     for ax, (task, methods) in zip(axes[0], curves.items()):
         for method, accuracies in methods.items():
@@ -168,12 +155,5 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Union[
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
-
-
-def _save_figure(fig, path: Union[str, Path]) -> None:
-    """Write the figure atomically (a reader never sees half a PNG); the format comes from the file suffix."""
-    path = Path(path)
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, dpi=110, format=path.suffix.lstrip(".") or None)

@@ -176,6 +176,7 @@ def run_job(job: Job) -> dict[str, Any]:
         benchmark=trial.benchmark,
         task=trial.task,
         group=data.info.group,
+        preset_task=data.info.preset_task,
         num_classes=data.info.num_classes,
         method=trial.method,
         stage=trial.stage,
