@@ -1,186 +1,119 @@
-"""Adapt one frozen backbone with every method, save and reload each result, and tabulate it (the demo's engine).
+"""The demo's methods as the sweep runs them: the papers' protocol in miniature on the digits tasks.
 
-A *method* here is a recipe: a way to build the trainable model from a fresh copy of the backbone (a peft
-config, or full fine-tuning), the base learning rate from the papers' grid, and an optional second phase
-(E2VPT's prune-and-rewind). :func:`run_method` trains it on in-memory tensors with
-:func:`vpt_peft.demo.training.fit`, saves it, loads it back onto another fresh copy, checks the reloaded model
-predicts exactly the same, and returns one table row.
+Each method is a :class:`~vpt_peft.reproduce.protocol.MethodSpec` with a small grid taken from the papers' lr
+grid, so the demo selects its learning rates the way the papers do (train -> val, last-epoch top-1, ties toward
+the smaller lr), retrains on train+val for two seeds and reports test top-1, through
+:func:`vpt_peft.reproduce.sweep.run_sweep` like ``vpt-peft sweep``. After the sweep every final adapter is
+reloaded onto a fresh backbone and must reproduce its recorded test accuracy exactly.
 """
 
 from __future__ import annotations
 
-import csv
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import torch
-from peft import PeftModel, get_peft_model
-from torch import nn
+from peft import PeftModel
 
-from .. import recipes
-from ..atomic import atomic_open, atomic_write, staged_save
-from ..recipes import HEAD, HEAD_BIAS
-from .training import FitResult, Tensors, evaluate, fit, fresh_backbone
+from .. import FourierPromptConfig, KVPromptConfig, VisualPromptConfig
+from ..reproduce.protocol import FINAL, MethodSpec
+from ..reproduce.report import TaskResult
+from ..reproduce.store import TrialStore
+from ..reproduce.sweep import Entry
+from ..reproduce.trial import SweepSettings, base_model, task_data
+from ..training import evaluate
+from .digits import DIGIT_TASKS
 
-COLUMNS = ("method", "task", "group", "accuracy", "trainable", "trainable_pct", "adapter_bytes", "train_s")
+PROMPTS = 10
+"""Prompt tokens per layer for every prompt method (the papers' small settings)."""
 
-HEAD_ROLES = (HEAD, HEAD_BIAS)
-
-
-@dataclass(frozen=True)
-class Method:
-    """How to adapt the backbone: ``config`` builds a peft config (None = full fine-tuning)."""
-
-    name: str
-    config: Optional[Callable[[str], Any]]
-    base_lr: float
-    weight_decay: float = 0.0
-    prune: Optional[dict[str, Any]] = None
-
-
-def _trainable(model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+GRIDS: dict[str, tuple[float, ...]] = {
+    "linear-probe": (25.0, 10.0),
+    "full-ft": (0.1, 0.05),
+    "vpt-shallow": (5.0, 2.5),
+    "vpt-deep": (2.5, 1.0),
+    "vfpt": (2.5, 1.0),
+    "e2vpt": (2.5, 1.0),
+}
+"""Two neighbouring values of the papers' lr grid per method (base lr for batch 256), around where a wider
+search on the noisy and inverted tasks found each method's best; weight decay 0."""
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+def _config(method: str, group: str) -> tuple[Any, dict[str, Any]]:
+    """(config class, fields) of a demo method; VFPT's Fourier share follows the paper's rule (spec §2.3):
+    natural tasks 0.5, specialized/structured 1.0."""
+    deep = {"num_prompts": PROMPTS, "deep": True}
+    return {
+        "linear-probe": (VisualPromptConfig, {"num_prompts": 0}),
+        "full-ft": (None, {}),
+        "vpt-shallow": (VisualPromptConfig, {"num_prompts": PROMPTS}),
+        "vpt-deep": (VisualPromptConfig, deep),
+        "vfpt": (FourierPromptConfig, {**deep, "fourier_ratio": 0.5 if group == "natural" else 1.0}),
+        "e2vpt": (KVPromptConfig, {"num_prompts": PROMPTS, "num_kv_prompts": 5}),
+    }[method]
 
 
-def _batches(data: Tensors, batch_size: int) -> list[dict[str, torch.Tensor]]:
-    x, y = data
-    return [{"pixel_values": xb, "labels": yb} for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+def demo_entries(
+    tasks: Sequence[str], *, epochs: int, warmup_epochs: int, seeds: tuple[int, ...], batch_size: int = 64
+) -> list[Entry]:
+    """Every demo method on every task, as sweep entries."""
+    entries = []
+    for task in tasks:
+        for method, lr_grid in GRIDS.items():
+            config_cls, config = _config(method, DIGIT_TASKS[task].group)
+            prune = method == "e2vpt"
+            spec = MethodSpec(
+                name=method,
+                config_cls=config_cls,
+                config=config,
+                lr_grid=lr_grid,
+                wd_grid=(0.0,),
+                batch_size=batch_size,
+                epochs=epochs,
+                warmup_epochs=warmup_epochs,
+                seeds=seeds,
+                prune={"rewind": "initial", "importance": "signed"} if prune else None,
+                prune_grid=((0.5, 0.25),) if prune else (),
+            )
+            entries.append(Entry(task, spec))
+    return entries
 
 
-def run_method(
-    method: Method,
-    task: str,
-    group: str,
-    num_labels: int,
-    backbone_dir: Path,
-    train: Tensors,
-    test: Tensors,
-    out_dir: Path,
-    *,
-    epochs: int,
-    warmup_epochs: int,
-    batch_size: int = 64,
-    seed: int = 0,
-) -> tuple[dict[str, Any], FitResult, nn.Module]:
-    """Train ``method`` on ``task``, save it under ``out_dir``, reload it, verify it, return (row, curve, model)."""
-    torch.manual_seed(seed)
-    base = fresh_backbone(backbone_dir, num_labels, seed)
-    model = base if method.config is None else get_peft_model(base, method.config(group))
-    trainable, total = _trainable(model)
-    schedule = dict(
-        epochs=epochs,
-        base_lr=method.base_lr,
-        weight_decay=method.weight_decay,
-        batch_size=batch_size,
-        warmup_epochs=warmup_epochs,
-        seed=seed,
-    )
-    start = time.perf_counter()
-    curve = fit(model, train, test, desc=f"{task}: {method.name}", **schedule)
-    if method.prune is not None:
-        from ..tuners.e2vpt import effective_prompt_parameters, prune_prompts
+def check_reloads(rows: Sequence[Mapping[str, Any]], settings: SweepSettings) -> int:
+    """Reload every final adapter onto a fresh backbone; each must score exactly its recorded test accuracy."""
+    from transformers import AutoModelForImageClassification
 
-        prune_prompts(model, _batches(train, batch_size), **method.prune)
-        rewound = fit(model, train, test, desc=f"{task}: {method.name} (rewind)", **schedule)
-        curve = FitResult(curve.losses + rewound.losses, curve.accuracies + rewound.accuracies)
-        roles = recipes.parameter_roles(model)
-        head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and roles[n] in HEAD_ROLES)
-        trainable = effective_prompt_parameters(model) + head
-    seconds = time.perf_counter() - start
-    accuracy = evaluate(model, test)
-    folder = out_dir / "adapters" / task / method.name.replace(" ", "-")
-    with staged_save(folder) as staging:  # a full fine-tune is a transformers model: stage it too
-        model.save_pretrained(staging)
-    _check_reload(model, folder, backbone_dir, num_labels, test, full=method.config is None)
-    row = dict(
-        method=method.name,
-        task=task,
-        group=group,
-        accuracy=accuracy,
-        trainable=trainable,
-        trainable_pct=100 * trainable / total,
-        adapter_bytes=_folder_bytes(folder),
-        train_s=seconds,
-    )
-    return row, curve, model
+    store, checked = TrialStore(settings.output), 0
+    for row in rows:
+        if row["stage"] != FINAL:
+            continue
+        data = task_data(settings, row["task"], row["seed"])
+        folder = store.adapter_dir(row["trial"])
+        if (folder / "adapter_config.json").exists():
+            model = PeftModel.from_pretrained(base_model(settings.model, data, "image-classification"), folder)
+        else:  # full fine-tuning saved the whole model
+            model = AutoModelForImageClassification.from_pretrained(folder)
+        accuracy = evaluate(model, data.splits["test"], settings.eval_batch_size)
+        if accuracy != row["accuracy"]:
+            raise RuntimeError(f"{folder} scores {accuracy} after reloading; the trial recorded {row['accuracy']}.")
+        checked += 1
+    return checked
 
 
-def _check_reload(
-    model: nn.Module, folder: Path, backbone_dir: Path, num_labels: int, test: Tensors, full: bool
-) -> None:
-    """Load the saved result onto a fresh backbone and require bit-identical logits on the test images."""
-    if full:
-        from transformers import AutoModelForImageClassification
-
-        reloaded = AutoModelForImageClassification.from_pretrained(folder)
-    else:
-        reloaded = PeftModel.from_pretrained(fresh_backbone(backbone_dir, num_labels, seed=12345), folder)
-    reloaded.eval()
-    with torch.no_grad():
-        same = torch.equal(reloaded(pixel_values=test[0][:64]).logits, model(pixel_values=test[0][:64]).logits)
-    if not same:
-        raise RuntimeError(f"The adapter saved in {folder} does not reproduce the trained model after reloading.")
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a fixed-width text table (what the demo prints)."""
-    head = (
-        f"{'method':<14}{'task':<13}{'group':<13}{'accuracy':>9}{'trainable':>11}{'%':>8}{'adapter':>10}{'train s':>9}"
-    )
+def format_table(results: Sequence[TaskResult]) -> str:
+    """The final results as a fixed-width text table (what the demo prints)."""
+    head = f"{'method':<14}{'task':<13}{'group':<13}{'test top-1':>16}{'lr':>7}{'trainable %':>13}{'train ms/img':>14}"
     lines = [head, "-" * len(head)]
-    for r in rows:
+    for r in results:
+        accuracy = f"{100 * r.mean:.1f} ± {100 * r.std:.1f}"
         lines.append(
-            f"{r['method']:<14}{r['task']:<13}{r['group']:<13}{r['accuracy']:>9.3f}{r['trainable']:>11,}"
-            f"{r['trainable_pct']:>8.2f}{_size(r['adapter_bytes']):>10}{r['train_s']:>9.1f}"
+            f"{r.method:<14}{r.task:<13}{r.group:<13}{accuracy:>16}{r.lr:>7g}{r.trainable_pct:>13.2f}"
+            f"{r.train_ms[0]:>14.2f}"
         )
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """``results.csv`` (raw numbers) and ``results.md`` (a Markdown table) in ``out_dir``."""
-    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
-    with atomic_open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "| method | task | group | accuracy | trainable | trainable % | adapter size | train time (s) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['method']} | {r['task']} | {r['group']} | {r['accuracy']:.3f} | {r['trainable']:,} | "
-        f"{r['trainable_pct']:.2f} | {_size(r['adapter_bytes'])} | {r['train_s']:.1f} |"
-        for r in rows
-    ]
-    atomic_write(md_path, "\n".join(lines) + "\n")
-    return csv_path, md_path
-
-
-def verdicts(rows: list[dict[str, Any]], baseline: str = "linear probe") -> list[str]:
-    """One honest line per task: which prompt methods beat the linear probe, and which lost to it."""
-    lines = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        mine = {r["method"]: r["accuracy"] for r in rows if r["task"] == task}
-        if baseline not in mine:
-            continue
-        base = mine[baseline]
-        won = [m for m, a in mine.items() if m not in (baseline, "full FT") and a > base]
-        lost = [m for m, a in mine.items() if m not in (baseline, "full FT") and a <= base]
-        best = max(mine, key=mine.get)
-        lines.append(
-            f"{task}: best {best} ({mine[best]:.3f}); beat the linear probe ({base:.3f}): "
-            f"{', '.join(won) or 'none'}; did not: {', '.join(lost) or 'none'}"
-        )
-    return lines
+def adapter_folder(settings: SweepSettings, rows: Sequence[Mapping[str, Any]], task: str, method: str) -> Path:
+    """The first final adapter of (task, method), e.g. for attention maps."""
+    row = next(r for r in rows if r["stage"] == FINAL and r["task"] == task and r["method"] == method)
+    return TrialStore(settings.output).adapter_dir(row["trial"])

@@ -142,8 +142,10 @@ def plot_accuracy_vs_params(rows: Sequence[dict], path: Union[str, Path]) -> Non
     plt.close(fig)
 
 
-def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Union[str, Path]) -> None:
-    """Per task, test accuracy after each epoch for every method (``curves[task][method]``)."""
+def plot_training_curves(
+    curves: dict[str, dict[str, list[float]]], path: Union[str, Path], ylabel: str = "test accuracy"
+) -> None:
+    """Per task, one value per epoch (``ylabel``) for every method (``curves[task][method]``)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 3.0), squeeze=False)
     for ax, (task, methods) in zip(axes[0], curves.items()):
@@ -152,7 +154,7 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Union[
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
+    axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)

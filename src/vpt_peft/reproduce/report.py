@@ -130,11 +130,8 @@ def markdown(results: Sequence[TaskResult], title: str = "Sweep report") -> str:
         "| inference ms/img |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    measured, tuned = {}, defaultdict(list)
     for (benchmark, group, method), members in group_means(results).items():
         mean = statistics.fmean(r.mean for r in members)
-        measured[(method, group)] = mean
-        tuned[method].extend(r.trainable_pct for r in members)
         number = group_result(method, group)
         paper = _paper(benchmark, number)
         delta = f"{100 * mean - number.value:+.2f}" if paper != "—" else "—"
@@ -160,9 +157,18 @@ def markdown(results: Sequence[TaskResult], title: str = "Sweep report") -> str:
             f"{_size(r.adapter_bytes)} | {_ms(r.train_ms)} | {_ms(r.infer_ms)} |"
         )
     lines += ["", "## The papers' claims, checked on this run", ""]
-    mean_tuned = {m: statistics.fmean(v) for m, v in tuned.items()}
-    lines += [f"- {check_claim(claim, measured, mean_tuned)}" for claim in CLAIMS]
+    lines += [f"- {line}" for line in claim_lines(results)]
     return "\n".join(lines) + "\n"
+
+
+def claim_lines(results: Sequence[TaskResult]) -> list[str]:
+    """Each of the papers' qualitative claims, checked on this run's group means (honest either way)."""
+    measured, tuned = {}, defaultdict(list)
+    for (_, group, method), members in group_means(results).items():
+        measured[(method, group)] = statistics.fmean(r.mean for r in members)
+        tuned[method].extend(r.trainable_pct for r in members)
+    mean_tuned = {m: statistics.fmean(v) for m, v in tuned.items()}
+    return [check_claim(claim, measured, mean_tuned) for claim in CLAIMS]
 
 
 def _mean_pair(pairs: Iterable[tuple[float, float]]) -> tuple[float, float]:

@@ -187,7 +187,7 @@ def run_job(job: Job) -> dict[str, Any]:
         epochs=spec.epochs,
         batch_size=spec.batch_size,
         steps=curve.steps,
-        final_loss=curve.losses[-1] if curve.losses else None,
+        losses=curve.losses,
         accuracy=accuracy,
         scored_on=eval_role,
         trainable=trainable,
