@@ -126,7 +126,9 @@ def digits_dataset(name: str = "plain", size: int = 32, seed: int = 0) -> Any:
 DOWNSTREAM_TASKS = ("noisy", "inverted", "orientation", "loops")
 
 
-def _digits_loader(benchmark: str, train_size: int, val_size: int) -> Callable[[str, LoadOptions], TaskData]:
+def _digits_loader(
+    benchmark: str, train_size: int, val_size: int, test_size: Optional[int]
+) -> Callable[[str, LoadOptions], TaskData]:
     """The protocol's roles for digits tasks: ``train``/``val`` split a pool of ``train_size`` training images
     (as VTAB-1k's 800/200 split its 1000), ``trainval`` is the whole pool."""
 
@@ -137,7 +139,7 @@ def _digits_loader(benchmark: str, train_size: int, val_size: int) -> Callable[[
             "train": LabelledTensors(x[:cut], y[:cut]),
             "val": LabelledTensors(x[cut:], y[cut:]),
             "trainval": LabelledTensors(x, y),
-            "test": LabelledTensors(x_test, y_test),
+            "test": LabelledTensors(x_test[:test_size], y_test[:test_size]),
         }
         info = TaskInfo(benchmark, name, task.group, task.num_labels)
         return TaskData(info, splits, [str(label) for label in range(task.num_labels)])
@@ -145,20 +147,20 @@ def _digits_loader(benchmark: str, train_size: int, val_size: int) -> Callable[[
     return load
 
 
-BENCHMARK_SIZES = {"digits": (500, 100), "digits-small": (120, 30)}
-"""Training pool and validation size: ``digits`` is the demo's (400 train / 100 val / 399 test images per task),
-``digits-small`` the smoke tests'."""
+BENCHMARK_SIZES = {"digits": (500, 100, None), "digits-small": (120, 30, 200)}
+"""Training pool, validation and test sizes: ``digits`` is the demo's (400 train / 100 val / 399 test images per
+task), ``digits-small`` the smoke tests' (90 / 30 / 200)."""
 
 
 GROUPS = {
     g: tuple(t for t in DOWNSTREAM_TASKS if DIGIT_TASKS[t].group == g) for g in ("natural", "specialized", "structured")
 }
-for _name, (_train, _val) in BENCHMARK_SIZES.items():
+for _name, (_train, _val, _test) in BENCHMARK_SIZES.items():
     register_benchmark(
         Benchmark(
             _name,
             DOWNSTREAM_TASKS,
-            _digits_loader(_name, _train, _val),
+            _digits_loader(_name, _train, _val, _test),
             f"The demo's miniature VTAB: shifted scikit-learn digits, {_train - _val} train / {_val} val (offline).",
             groups=GROUPS,
         )
