@@ -24,7 +24,7 @@ import torch
 from peft import PeftModel
 
 from vpt_peft.demo.digits import DIGIT_TASKS, DOWNSTREAM_TASKS, digits_task
-from vpt_peft.demo.suite import adapter_folder, check_reloads, demo_entries, format_table
+from vpt_peft.demo.suite import GRIDS, adapter_folder, check_reloads, demo_entries, format_table
 from vpt_peft.demo.training import pretrained_digits_vit
 from vpt_peft.demo.viz import plot_accuracy_vs_params, plot_training_curves, save_attention_maps
 from vpt_peft.reproduce.report import claim_lines, task_results, write_report
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
 
     entries = demo_entries(tasks, epochs=epochs, warmup_epochs=warmup, seeds=seeds)
     rows = run_sweep(settings, entries, log=lambda line: print(line) if line.startswith("[") else None)
-    results = task_results(rows)
+    order = {method: i for i, method in enumerate(GRIDS)}
+    results = sorted(task_results(rows), key=lambda r: (tasks.index(r.task), order[r.method]))
     print("\n" + format_table(results))
     print("\nThe papers' claims, checked on this run's group means:")
     print("\n".join(f"- {line}" for line in claim_lines(results)))
