@@ -29,7 +29,7 @@ PROMPTS = 10
 
 GRIDS: dict[str, tuple[float, ...]] = {
     "linear-probe": (25.0, 10.0),
-    "full-ft": (0.1, 0.05),
+    "full-ft": (0.05, 0.01),
     "vpt-shallow": (5.0, 2.5),
     "vpt-deep": (2.5, 1.0),
     "vfpt": (2.5, 1.0),

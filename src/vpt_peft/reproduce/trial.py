@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..atomic import staged_save
+from ..engine.backbones import find_backbone
 from ..training import batches, evaluate, fit, num_examples
 from .protocol import SCORES, MethodSpec, Trial
 from .store import TrialStore
@@ -67,7 +68,8 @@ def task_data(settings: SweepSettings, task: str, seed: int) -> TaskData:
 
 
 def base_model(path: str, data: TaskData, kind: str) -> nn.Module:
-    """The frozen model a trial adapts: a dual encoder as saved, or a classifier with a new head for the task."""
+    """The frozen model a trial adapts: a dual encoder as saved, or a classifier with a new head for the task
+    (initialised from the torch seed, as ``nn.Linear`` initialises)."""
     from transformers import AutoModel, AutoModelForImageClassification
     from transformers.utils import logging
 
@@ -77,13 +79,20 @@ def base_model(path: str, data: TaskData, kind: str) -> nn.Module:
     logging.set_verbosity_error()  # "newly initialized: classifier" is the point here, not news
     logging.disable_progress_bar()  # one "Loading weights" bar per trial would bury the sweep's log
     try:
-        return AutoModelForImageClassification.from_pretrained(
+        model = AutoModelForImageClassification.from_pretrained(
             path, num_labels=data.info.num_classes, ignore_mismatched_sizes=True
         )
     finally:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+    # A checkpoint whose head already has the task's size keeps it through from_pretrained: the protocol trains
+    # a new head for every task (a kept head, tuned to other features, can stall training at chance).
+    for name in find_backbone(model).heads:
+        for module in model.get_submodule(name).modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return model
 
 
 def build_model(job: Job, data: TaskData) -> nn.Module:
