@@ -127,8 +127,10 @@ def class_names(splits: dict[str, list[Entry]], source: str) -> list[str]:
         for _, label, name in entries:
             if names.setdefault(label, name) != name:
                 raise BenchmarkDataError(f"{source}: label {label} is called both {names[label]!r} and {name!r}.")
-    absent = sorted(set(range(len(names))) - set(names))
-    if absent:
+    if not names:
+        raise BenchmarkDataError(f"{source} lists no images.")
+    absent = sorted(set(range(max(names) + 1)) - set(names))
+    if absent or min(names) < 0:
         raise BenchmarkDataError(
             f"{source}: labels must be 0..C-1 without gaps; {absent[:5]} are missing (labels found: "
             f"{min(names)}..{max(names)}). Relabel the split file contiguously."
