@@ -72,6 +72,10 @@ def test_the_draw_is_cached_and_a_rerun_reads_the_cache(coop):
     saved["train"] = saved["train"][:1]
     open(cache, "w").write(json.dumps(saved))
     assert len(load_task("fewshot", "eurosat", root=str(coop), shots=1, seed=3).splits["train"]) == 1
+    saved["val"][0][1] = 9
+    open(cache, "w").write(json.dumps(saved))
+    with pytest.raises(BenchmarkDataError, match=r"delete it to redraw\) has labels \[9\] outside 0\.\.4"):
+        load_task("fewshot", "eurosat", root=str(coop), shots=1, seed=3)
 
 
 def test_base_and_novel_halves_relabel_from_zero(coop):

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 from ..recipes.dpt import few_shot_indices
-from .files import BenchmarkDataError, ImageFiles, read_json, require_file, require_images
+from .files import BenchmarkDataError, ImageFiles, read_json, require_file, require_images, require_labels_below
 from .tasks import Benchmark, LoadOptions, TaskData, TaskInfo, register_benchmark
 from .transforms import CLIP_MEAN, CLIP_STD, ClipTransform, mean_std
 
@@ -162,7 +162,12 @@ def cached_shots(
 ) -> dict[str, list[Entry]]:
     """The K-shot train and val of ``options.seed``, read from ``cache`` or drawn and written there."""
     if os.path.isfile(cache):
-        return read_split_file(cache, ("train", "val"))
+        cached = read_split_file(cache, ("train", "val"))
+        for split, entries in cached.items():
+            require_labels_below(
+                (label for _, label, _ in entries), num_classes, f"{cache} ({split}; delete it to redraw)"
+            )
+        return cached
     drawn = {
         "train": draw_shots(splits["train"], options.shots, options.seed, num_classes, f"{source} (train)"),
         "val": draw_shots(splits["val"], min(options.shots, VAL_SHOTS), options.seed, num_classes, f"{source} (val)"),

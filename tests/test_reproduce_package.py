@@ -1,11 +1,13 @@
-"""docs/reproducing.md's task tables say what the loaders do: a row per task with its name and class count."""
+"""The reproduce package as users meet it: docs tables that match the loaders, and imports that stay light."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
+import vpt_peft.reproduce
 from vpt_peft.reproduce import BENCHMARKS
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
@@ -25,3 +27,14 @@ def test_each_task_has_a_row_with_its_preset_and_class_count(benchmark):
     for name, info in BENCHMARKS[benchmark].infos.items():
         assert rows[name].rstrip(" |").endswith(f"| {info.num_classes}"), rows[name]
         assert info.preset_task is None or f"| `{info.preset_task}` |" in rows[name], rows[name]
+
+
+def test_modules_import_pil_and_datasets_only_inside_the_functions_that_read_images():
+    """``import vpt_peft.reproduce`` must work without the ``data`` extra; loading a task needs it."""
+    for module in Path(vpt_peft.reproduce.__file__).parent.glob("*.py"):
+        top_level = [
+            node for node in ast.parse(module.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))
+        ]
+        names = {alias.name for node in top_level for alias in node.names}
+        names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {name.split(".")[0] for name in names} & {"PIL", "datasets"}, module.name
