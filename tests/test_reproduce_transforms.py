@@ -130,8 +130,10 @@ def test_processor_normalization_uses_the_processors_mean_and_std():
     assert mean_std("official", None, (CLIP_MEAN, CLIP_STD)) == (CLIP_MEAN, CLIP_STD)
 
 
-def test_normalization_errors_name_what_is_accepted():
+def test_normalization_and_size_errors_name_what_is_accepted():
     with pytest.raises(ValueError, match="needs processor="):
         mean_std("processor", None, (IMAGENET_MEAN, IMAGENET_STD))
     with pytest.raises(ValueError, match="one of"):
         mean_std("imagenet", None, (IMAGENET_MEAN, IMAGENET_STD))
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        VtabTransform(0, IMAGENET_MEAN, IMAGENET_STD)

@@ -113,12 +113,22 @@ def random_resized_crop_box(width: int, height: int) -> tuple[int, int, int, int
 
 
 @dataclass(frozen=True)
-class VtabTransform:
-    """VTAB-1k: square bilinear resize to ``size`` (TensorFlow's), /255, normalise; the same for every role."""
+class ImageTransform:
+    """A PIL image to a normalised (3, ``size``, ``size``) tensor; ``train`` turns on the augmentation."""
 
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"image_size must be a positive integer (224 in the papers), got {self.size!r}.")
+
+
+@dataclass(frozen=True)
+class VtabTransform(ImageTransform):
+    """VTAB-1k: square bilinear resize to ``size`` (TensorFlow's), /255, normalise; no augmentation in any role."""
 
     def __call__(self, image: Any) -> torch.Tensor:
         pixels = resize_square_like_tf(to_tensor(image), self.size)
@@ -126,13 +136,8 @@ class VtabTransform:
 
 
 @dataclass(frozen=True)
-class FgvcTransform:
+class FgvcTransform(ImageTransform):
     """FGVC: short side to ``size``·256/224, then a random crop + flip (``train``) or the centre crop."""
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train: bool
 
     def __call__(self, image: Any) -> torch.Tensor:
         from PIL import Image
@@ -146,13 +151,8 @@ class FgvcTransform:
 
 
 @dataclass(frozen=True)
-class ClipTransform:
+class ClipTransform(ImageTransform):
     """CLIP few-shot (Dassl): bicubic random-resized crop + flip (``train``), or bicubic resize + centre crop."""
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train: bool
 
     def __call__(self, image: Any) -> torch.Tensor:
         from PIL import Image

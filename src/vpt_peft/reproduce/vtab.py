@@ -86,6 +86,8 @@ def read_image_list(path: str, folder: str) -> list[LabelledItem]:
                     f"{path}:{number}: expected 'relative/image/path label', got {line.strip()!r}."
                 )
             items.append((os.path.join(folder, parts[0]), int(parts[1])))
+    if not items:
+        raise BenchmarkDataError(f"{path} lists no images: {fix}")
     return items
 
 
