@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from vpt_peft.recipes.presets import VTAB_NATURAL, VTAB_SPECIALIZED, VTAB_STRUCTURED
 from vpt_peft.reproduce import BENCHMARKS, ROLES, BenchmarkDataError, find_task, load_task
@@ -117,3 +120,16 @@ def test_unknown_tasks_options_and_roots_are_refused(tmp_path, vtab):
         load_task("vtab-1k", "dtd")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_task("vtab-1k", "dtd", root=str(tmp_path / "nowhere"))
+
+
+def test_splits_batch_with_a_dataloader_and_pickle_for_worker_processes(vtab):
+    task = load_task("vtab-1k", "cifar", root=str(vtab), image_size=8)
+    batch = next(iter(DataLoader(task.splits["test"], batch_size=3)))
+    assert batch["pixel_values"].shape == (3, 3, 8, 8) and batch["labels"].tolist() == [0, 1, 0]
+    copy = pickle.loads(pickle.dumps(task.splits["test"]))
+    assert torch.equal(copy[1]["pixel_values"], task.splits["test"][1]["pixel_values"])
+
+
+def test_an_unknown_preset_task_is_refused():
+    with pytest.raises(ValueError, match="no registered benchmark task maps to preset task 'cifar10'"):
+        find_task("cifar10")
