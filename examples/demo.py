@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from vpt_peft.demo.digits import DIGIT_TASKS, DOWNSTREAM_TASKS, digits_task
+from vpt_peft.demo.benchmark import DOWNSTREAM_TASKS
+from vpt_peft.demo.digits import DIGIT_TASKS, digits_task
 from vpt_peft.demo.suite import GRIDS, adapter_folder, check_reloads, demo_entries, format_table
 from vpt_peft.demo.training import pretrained_digits_vit
 from vpt_peft.demo.viz import plot_accuracy_vs_params, plot_training_curves, save_attention_maps

@@ -18,8 +18,8 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
+import vpt_peft.demo.benchmark  # noqa: F401  (registers the digits benchmarks)
 from vpt_peft.cli import main
-from vpt_peft.demo import digits  # noqa: F401  (registers the digits benchmarks)
 from vpt_peft.reproduce import Benchmark, TaskData, TaskInfo, register_benchmark
 from vpt_peft.reproduce.protocol import Shrink, recipe_method
 from vpt_peft.reproduce.report import write_report

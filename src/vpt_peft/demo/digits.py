@@ -5,7 +5,7 @@ pretraining pool, on which the small "foundation model" learns plain digits, and
 which every shifted task draws its few hundred training and test images, as VTAB-1k tasks do. The tasks
 mimic VTAB's groups: a *natural* shift (sensor noise), a *specialized* one (a new imaging modality:
 inverted, rotated scans) and two *structured* ones whose labels are geometry or counting, not the digit.
-Importing this module registers them as the ``digits`` benchmark, so ``vpt-peft sweep`` runs on them offline.
+:mod:`vpt_peft.demo.benchmark` registers them as the ``digits`` benchmark, for ``vpt-peft sweep``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-
-from ..reproduce.tasks import Benchmark, LoadOptions, TaskData, TaskInfo, register_benchmark
-from ..training import LabelledTensors
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -121,47 +118,3 @@ def digits_dataset(name: str = "plain", size: int = 32, seed: int = 0) -> Any:
         return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
     return DatasetDict(train=split(*train), test=split(*test))
-
-
-DOWNSTREAM_TASKS = ("noisy", "inverted", "orientation", "loops")
-
-
-def _digits_loader(
-    benchmark: str, train_size: int, val_size: int, test_size: Optional[int]
-) -> Callable[[str, LoadOptions], TaskData]:
-    """The protocol's roles for digits tasks: ``train``/``val`` split a pool of ``train_size`` training images
-    (as VTAB-1k's 800/200 split its 1000), ``trainval`` is the whole pool."""
-
-    def load(name: str, options: LoadOptions) -> TaskData:
-        (x, y), (x_test, y_test), task = digits_task(name, size=options.image_size, train_size=train_size)
-        cut = train_size - val_size
-        splits = {
-            "train": LabelledTensors(x[:cut], y[:cut]),
-            "val": LabelledTensors(x[cut:], y[cut:]),
-            "trainval": LabelledTensors(x, y),
-            "test": LabelledTensors(x_test[:test_size], y_test[:test_size]),
-        }
-        info = TaskInfo(benchmark, name, task.group, task.num_labels)
-        return TaskData(info, splits, [str(label) for label in range(task.num_labels)])
-
-    return load
-
-
-BENCHMARK_SIZES = {"digits": (500, 100, None), "digits-small": (120, 30, 200)}
-"""Training pool, validation and test sizes: ``digits`` is the demo's (400 train / 100 val / 399 test images per
-task), ``digits-small`` the smoke tests' (90 / 30 / 200)."""
-
-
-GROUPS = {
-    g: tuple(t for t in DOWNSTREAM_TASKS if DIGIT_TASKS[t].group == g) for g in ("natural", "specialized", "structured")
-}
-for _name, (_train, _val, _test) in BENCHMARK_SIZES.items():
-    register_benchmark(
-        Benchmark(
-            _name,
-            DOWNSTREAM_TASKS,
-            _digits_loader(_name, _train, _val, _test),
-            f"The demo's miniature VTAB: shifted scikit-learn digits, {_train - _val} train / {_val} val (offline).",
-            groups=GROUPS,
-        )
-    )
