@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import recipes
@@ -93,7 +93,6 @@ class Shrink:
     seeds: Optional[tuple[int, ...]] = None
     batch_size: Optional[int] = None
     prune_grid: Optional[tuple[tuple[float, float], ...]] = None
-    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 def recipe_method(method: str, preset_task: Optional[str], shrink: Shrink = Shrink()) -> MethodSpec:
@@ -106,7 +105,7 @@ def recipe_method(method: str, preset_task: Optional[str], shrink: Shrink = Shri
     return MethodSpec(
         name=method,
         config_cls=recipe.config_cls,
-        config={**preset.config, **shrink.config},
+        config=dict(preset.config),
         lr_grid=shrink.lr_grid or ((DPT_LR,) if dual else preset.lr_grid),
         wd_grid=shrink.wd_grid or ((DPT_WEIGHT_DECAY,) if dual else preset.wd_grid),
         batch_size=shrink.batch_size or preset.batch_size,

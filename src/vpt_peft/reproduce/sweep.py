@@ -8,7 +8,7 @@ skipped, so a rerun after a crash or a kill retrains only what had not been reco
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .backends import Backend, InProcessBackend
@@ -54,7 +54,7 @@ def run_sweep(
     """Run the protocol for every entry; return every row in the store afterwards."""
     if settings.benchmark in BENCHMARKS and settings.benchmark_module is None:
         module = BENCHMARKS[settings.benchmark].load.__module__
-        settings = SweepSettings(**{**settings.__dict__, "benchmark_module": module})
+        settings = replace(settings, benchmark_module=module)
     backend = backend or InProcessBackend()
     store = TrialStore(settings.output)
     for entry in entries:
