@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
     DeiTConfig,
@@ -63,3 +65,13 @@ def sidecar(model):
 
 def prompt_param(model):
     return next(p for n, p in model.named_parameters() if n.endswith("prompt_embeddings"))
+
+
+def saved_sweep_vit(folder: Path) -> Path:
+    """A tiny ViT for 16-pixel images saved as a sweep's base model (hidden 32: E2VPT's 16 segments divide it)."""
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    return folder

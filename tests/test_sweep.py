@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import ViTConfig, ViTForImageClassification
 
 import vpt_peft.demo.benchmark  # noqa: F401  (registers the digits benchmarks)
 from vpt_peft.cli import main
@@ -28,6 +27,7 @@ from vpt_peft.reproduce.trial import SweepSettings
 from vpt_peft.training import LabelledTensors
 
 from .clip_helpers import CLASSES, tiny_clip, tiny_tokenizer
+from .helpers import saved_sweep_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = Shrink(epochs=2, lr_grid=(1.0, 0.5), wd_grid=(0.0,), seeds=(1, 2), batch_size=32)
@@ -35,14 +35,7 @@ SMALL = Shrink(epochs=2, lr_grid=(1.0, 0.5), wd_grid=(0.0,), seeds=(1, 2), batch
 
 @pytest.fixture(scope="module")
 def vit_folder(tmp_path_factory) -> Path:
-    """A tiny ViT for 16-pixel digits, saved as a base model is (hidden 32: E2VPT's 16 segments divide it)."""
-    folder = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    return folder
+    return saved_sweep_vit(tmp_path_factory.mktemp("tiny-vit"))
 
 
 def _settings(model: Path, output: Path, benchmark: str = "digits-small") -> SweepSettings:

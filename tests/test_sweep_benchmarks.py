@@ -7,26 +7,19 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import ViTConfig, ViTForImageClassification
 
 from vpt_peft.cli import main
 
 from .benchmark_fixtures import build_coop, build_fgvc, build_vtab
 from .clip_helpers import tiny_clip, tiny_tokenizer
+from .helpers import saved_sweep_vit
 
 SHRINK = ["--epochs", "1", "--lr-grid", "1,0.5", "--wd-grid", "0", "--batch-size", "4", "--image-size", "16"]
 
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("vit")
-    torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    return str(folder)
+    return str(saved_sweep_vit(tmp_path_factory.mktemp("vit")))
 
 
 def _report(output: Path) -> str:
