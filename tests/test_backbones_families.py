@@ -93,3 +93,12 @@ def test_naflex_models_refuse_images_that_are_not_patches(pixels):
     model = adapted(siglip2, method_case("vpt-shallow"))
     with pytest.raises(ValueError, match=r"flattened patches \(batch, patches, 192\)"):
         model(pixel_values=pixels, spatial_shapes=torch.tensor([[4, 4], [4, 4]]))
+
+
+def test_the_docs_dual_encoder_families_are_the_ones_dpt_runs_on():
+    """docs/gen_backbones.py marks DPT's families by ``dual_encoder_tower``: exactly the families of the matrix's
+    dual-encoder rows, where DPT runs every check."""
+    from vpt_peft.engine.backbones import BACKBONES
+
+    dual = {find_backbone(build(case)).model_type for case in CASES if case.dual_encoder}
+    assert dual == {model_type for model_type, spec in BACKBONES.items() if spec.dual_encoder_tower}

@@ -70,6 +70,8 @@ class BackboneSpec:
     tokens cannot join the blocks' token sequence; they are carried beside it and prepended to every window
     instead (:class:`WindowSpec`, :mod:`vpt_peft.engine.windows`).
 
+    ``dual_encoder_tower`` marks the vision towers of CLIP-like dual encoders (text and vision towers, two
+    projections, a logit scale), the models dual-encoder recipes (DPT) prompt.
     ``patch_inputs`` marks families whose ``pixel_values`` arrive already cut into flattened patches,
     ``(batch, patches, channels * patch * patch)``, with a padding mask (SigLIP2's NaFlex).
     ``config_problem`` returns why a model of the family cannot be prompted as configured (``None`` when it can),
@@ -95,6 +97,7 @@ class BackboneSpec:
     description: str = ""
     older_layouts: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
     patch_inputs: bool = False
+    dual_encoder_tower: bool = False
     config_problem: Optional[Callable[[object], Optional[str]]] = field(default=None, hash=False)
     input_defaults: Optional[Callable[[nn.Module, tuple, dict], dict]] = field(default=None, hash=False)
 
@@ -163,6 +166,7 @@ CLIP_BLOCKS = BackboneSpec(layers="encoder.layers", attention="self_attn", atten
 CLIP_VISION = replace(
     CLIP_BLOCKS,
     final_norm=None,
+    dual_encoder_tower=True,
     description="CLIPVisionModel(WithProjection), CLIPModel's vision tower: prompts after pre_layrnorm, CLS pooled",
 )
 SIGLIP_VISION = replace(
