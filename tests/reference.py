@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -79,18 +79,7 @@ DINO_LAYOUT = Layout(
 )
 CLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", quick_gelu, pre_norm="pre_layrnorm")
 SIGLIP_LAYOUT = Layout("layer_norm1", "self_attn", "out_proj", "layer_norm2", gelu_tanh, final_norm="post_layernorm")
-DINOV3_LAYOUT = Layout(
-    "norm1",
-    "attention",
-    "o_proj",
-    "norm2",
-    gelu,
-    "layer_scale1.lambda1",
-    "layer_scale2.lambda1",
-    final_norm="norm",
-    mlp=("mlp.up_proj", "mlp.down_proj"),
-    rope=True,
-)
+DINOV3_LAYOUT = replace(DINO_LAYOUT, final_norm="norm", mlp=("mlp.up_proj", "mlp.down_proj"), rope=True)
 AIMV2_LAYOUT = Layout(
     "rms_norm1",
     "attention",
