@@ -14,6 +14,7 @@ from peft import get_peft_model
 from transformers import ViTMAEConfig, ViTMAEModel
 
 from vpt_peft import UnsupportedModelError, VisualPromptConfig, find_backbone
+from vpt_peft.engine.backbones import BACKBONES
 
 from .backbone_cases import (
     CASES,
@@ -22,6 +23,7 @@ from .backbone_cases import (
     adapted,
     assert_same,
     build,
+    family,
     family_representative,
     matrix,
     method_case,
@@ -46,8 +48,8 @@ def formula_count(config, num_layers: int, width: int) -> int:
 
 def _uniform_width_vision(case: BackboneCase, method: MethodCase) -> bool:
     """Vision prompts on a backbone of one width (Swin's stage widths have their own test), once per family."""
-    spec = find_backbone(build(case)).spec
-    return spec.prompts_in_sequence and not method.dual_encoder and family_representative(case, method)
+    in_sequence = BACKBONES[family(case)].prompts_in_sequence
+    return in_sequence and not method.dual_encoder and family_representative(case, method)
 
 
 @pytest.mark.parametrize("case, method", matrix(_uniform_width_vision))
@@ -98,7 +100,5 @@ def test_naflex_models_refuse_images_that_are_not_patches(pixels):
 def test_the_docs_dual_encoder_families_are_the_ones_dpt_runs_on():
     """docs/gen_backbones.py marks DPT's families by ``dual_encoder_tower``: exactly the families of the matrix's
     dual-encoder rows, where DPT runs every check."""
-    from vpt_peft.engine.backbones import BACKBONES
-
     dual = {find_backbone(build(case)).model_type for case in CASES if case.dual_encoder}
     assert dual == {model_type for model_type, spec in BACKBONES.items() if spec.dual_encoder_tower}
