@@ -18,9 +18,9 @@ from typing import NoReturn, Optional
 import vpt_peft
 
 from .. import recipes
-from . import sweep
 from .commands import run
 from .io import CLIError
+from .sweep import add_commands as add_reproduce_commands
 
 
 def _methods() -> tuple[str, ...]:
@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--method vpt-deep --output runs/vpt; then eval/predict/info runs/vpt"
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info,sweep,report}"
+        dest="command",
+        required=True,
+        parser_class=_Parser,
+        metavar="{train,eval,predict,info,convert,sweep,report}",
     )
 
     train = sub.add_parser(
@@ -117,7 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="method, base model, sizes of an adapter", formatter_class=_Formatter)
     info.add_argument("adapter", type=Path, help="an adapter folder (any vpt_peft method)")
-    sweep.add_commands(sub, _Formatter)
+
+    convert = sub.add_parser(
+        "convert",
+        help="an official VPT/VFPT checkpoint (prompts + head) as an adapter folder",
+        formatter_class=_Formatter,
+    )
+    convert.add_argument("checkpoint", type=Path, help="the official code's saved model (a torch state dict)")
+    convert.add_argument("--model", required=True, help="Hub id or folder of the backbone the run started from")
+    convert.add_argument("--output", required=True, type=Path, help="folder for the adapter")
+    convert.add_argument("--fourier-ratio", type=float, help="a VFPT checkpoint: its Fourier share (alpha)")
+    add_reproduce_commands(sub, _Formatter)
     return parser
 
 
