@@ -1,16 +1,17 @@
 """timm for the tests, or a clean skip when it is not installed.
 
-The CPU build of torch the suite runs on has no matching torchvision build on PyPI: the PyPI torchvision is linked
-against CUDA torch, so its C++ operators do not load and its import stops at registering fake kernels for two of
-them. timm imports torchvision at import time but its ViTs use none of those operators, so when (and only when)
-torchvision's operators are missing, their two schemas are declared here first. A normal install is untouched.
+The CPU build of torch the suite runs on has no matching torchvision build on PyPI: the PyPI torchvision (which
+timm requires) is linked against CUDA torch, so its C++ operators do not load and ``import torchvision`` stops
+while registering fake kernels for two of them; transformers, which imports torchvision whenever it is installed,
+stops with it. Neither timm's ViTs nor vpt_peft use those operators, so when (and only when) they failed to load,
+:func:`declare_missing_torchvision_operators` declares their two schemas, before anything imports torchvision
+(tests/conftest.py calls it first). A torchvision whose operators load is untouched.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +19,23 @@ import torch
 _declared: list[torch.library.Library] = []
 
 
-def _declare_missing_torchvision_operators() -> None:
-    if hasattr(torch.ops.torchvision, "nms") or _declared:
+def _torchvision_operators_load() -> bool:
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return True  # not installed: nothing to repair
+    library = next(Path(spec.origin).parent.glob("_C*.so"), None)
+    if library is None:
+        return True
+    try:
+        torch.ops.load_library(str(library))
+    except OSError:
+        return False
+    return True
+
+
+def declare_missing_torchvision_operators() -> None:
+    """Declare ``torchvision::nms``/``qnms`` when torchvision is installed but its operators cannot load."""
+    if _declared or _torchvision_operators_load():
         return
     library = torch.library.Library("torchvision", "DEF")
     for name in ("nms", "qnms"):
@@ -29,12 +45,5 @@ def _declare_missing_torchvision_operators() -> None:
 
 def import_timm():
     """The ``timm`` module; skips the calling test when timm is not installed."""
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install vpt_peft[timm])")
-    try:
-        return importlib.import_module("timm")
-    except RuntimeError:  # torchvision without its operators (see the module docstring): declare them, import again
-        for name in [m for m in sys.modules if m.split(".")[0] in ("timm", "torchvision")]:
-            del sys.modules[name]
-        _declare_missing_torchvision_operators()
-        return importlib.import_module("timm")
+    declare_missing_torchvision_operators()
+    return pytest.importorskip("timm")
