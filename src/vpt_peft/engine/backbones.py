@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from torch import nn
 from transformers import PreTrainedModel
 
-from .timm_vit import is_timm_vision_transformer, timm_vit_sizes, unsupported_timm_hint
+from .timm_vit import is_timm_vision_transformer, prefix_tokens, timm_vit_sizes, unsupported_timm_hint
 
 
 class UnsupportedModelError(ValueError):
@@ -194,7 +194,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         attention_norm="norm1",
         k_proj="qkv",
         v_proj="qkv",
-        num_special_tokens=lambda sizes: sizes.num_prefix_tokens,
+        num_special_tokens=prefix_tokens,
         final_norm="norm",
         heads=("head", "head_dist"),
         detect=is_timm_vision_transformer,

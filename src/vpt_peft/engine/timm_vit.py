@@ -47,3 +47,8 @@ def timm_vit_sizes(model: nn.Module) -> SimpleNamespace:
         num_channels=projection.in_channels,
         num_prefix_tokens=model.num_prefix_tokens,
     )
+
+
+def prefix_tokens(sizes: SimpleNamespace) -> int:
+    """timm's ``num_prefix_tokens``: CLS (unless ``class_token=False``), registers, DeiT's distillation token."""
+    return sizes.num_prefix_tokens
