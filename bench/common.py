@@ -18,6 +18,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -38,6 +39,35 @@ from vpt_peft.engine.bank import PromptBank
 MIB = 2**20
 SEED = 0
 NUM_LABELS = 100
+
+
+def prompt_sweep_args(
+    description: str,
+    argv: Optional[Sequence[str]],
+    steps: tuple[int, int],
+    prompts: tuple[list[int], list[int]],
+    batch_size: int,
+) -> argparse.Namespace:
+    """The arguments of a benchmark that times prompt counts: ``steps``/``prompts`` are (full, ``--quick``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"timed steps per variant (default {steps[0]}, quick {steps[1]})"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"fewer steps and only p={', '.join(map(str, prompts[1]))}"
+    )
+    parser.add_argument(
+        "--prompts", type=int, nargs="+", default=None, help=f"default {' '.join(map(str, prompts[0]))}"
+    )
+    parser.add_argument("--batch", type=int, default=batch_size)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = steps[1] if args.quick else steps[0]
+    if args.prompts is None:
+        args.prompts = prompts[1] if args.quick else prompts[0]
+    return args
 
 
 def setup(device: str, threads: int = 1) -> None:

@@ -26,6 +26,7 @@ from common import (
     mib,
     paired_ratios,
     prompt_path,
+    prompt_sweep_args,
     prompt_variant,
     ratios,
     setup,
@@ -40,19 +41,13 @@ MEMORY_P = 200
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5, quick 2)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
-    parser.add_argument("--quick", action="store_true", help="fewer steps and only p=100, 200")
-    parser.add_argument("--prompts", type=int, nargs="+", default=None, help="default 10 50 100 200")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = 2 if args.quick else 5
-    if args.prompts is None:
-        args.prompts = [SPEED_P, MEMORY_P] if args.quick else [10, 50, SPEED_P, MEMORY_P]
-    return args
+    return prompt_sweep_args(
+        __doc__.splitlines()[0],
+        argv,
+        steps=(5, 2),
+        prompts=([10, 50, SPEED_P, MEMORY_P], [SPEED_P, MEMORY_P]),
+        batch_size=8,
+    )
 
 
 def name(path: str, p: int) -> str:

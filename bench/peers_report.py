@@ -33,41 +33,28 @@ def _params(count: int) -> str:
     return f"{count / 1e6:.2f} M" if count >= 1e5 else f"{count / 1e3:.1f} k"
 
 
+def _train_row(name: str, row: dict, full: dict) -> tuple[str, ...]:
+    """A method's cells against the full fine-tuning run of the same process."""
+    cpu, wall = _ratios(row, full, "cpu"), _ratios(row, full, "wall")
+    return (
+        name,
+        _params(row["trainable"]),
+        f"{statistics.median(row['cpu']):.2f}",
+        f"{statistics.median(cpu):.3f}",
+        _spread(cpu),
+        f"{statistics.median(wall):.2f}",
+        f"{row['memory'] / MIB:,.0f}",
+        f"{row['memory'] / full['memory']:.2f}",
+    )
+
+
 def train_table(results: dict) -> str:
     """One row per method: CPU time and memory against full fine-tuning, both from the same run."""
-    rows, full = results["train"], results["train"][0]
-    lines = []
-    for row in rows:
-        cpu, wall = _ratios(row, full, "cpu"), _ratios(row, full, "wall")
-        lines.append(
-            (
-                row["name"],
-                _params(row["trainable"]),
-                f"{statistics.median(row['cpu']):.2f}",
-                f"{statistics.median(cpu):.3f}",
-                _spread(cpu),
-                f"{statistics.median(wall):.2f}",
-                f"{row['memory'] / MIB:,.0f}",
-                f"{row['memory'] / full['memory']:.2f}",
-            )
-        )
+    lines = [_train_row(row["name"], row, results["train"][0]) for row in results["train"]]
     peer = results["adapters"]
     if "rows" in peer:
-        peer_full = peer["rows"][0]
-        for row in peer["rows"]:
-            cpu, wall = _ratios(row, peer_full, "cpu"), _ratios(row, peer_full, "wall")
-            lines.append(
-                (
-                    f"{row['name']} (adapters {peer['versions']['adapters']}, own process)",
-                    _params(row["trainable"]),
-                    f"{statistics.median(row['cpu']):.2f}",
-                    f"{statistics.median(cpu):.3f}",
-                    _spread(cpu),
-                    f"{statistics.median(wall):.2f}",
-                    f"{row['memory'] / MIB:,.0f}",
-                    f"{row['memory'] / peer_full['memory']:.2f}",
-                )
-            )
+        label = f"(adapters {peer['versions']['adapters']}, own process)"
+        lines += [_train_row(f"{row['name']} {label}", row, peer["rows"][0]) for row in peer["rows"]]
     else:
         lines.append(("adapters prompt tuning", "-", "-", "-", "-", "-", "-", f"not run: {peer['error']}"))
     headers = (

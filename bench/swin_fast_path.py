@@ -28,6 +28,7 @@ from common import (
     describe_environment,
     markdown_table,
     paired_ratios,
+    prompt_sweep_args,
     ratios,
     setup,
     time_round_robin,
@@ -37,19 +38,7 @@ PATHS = ("auto", "sequence")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 3, quick 2)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
-    parser.add_argument("--quick", action="store_true", help="fewer steps and only p=50")
-    parser.add_argument("--prompts", type=int, nargs="+", default=None, help="default 10 50")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = 2 if args.quick else 3
-    if args.prompts is None:
-        args.prompts = [50] if args.quick else [10, 50]
-    return args
+    return prompt_sweep_args(__doc__.splitlines()[0], argv, steps=(3, 2), prompts=([10, 50], [50]), batch_size=4)
 
 
 def swin_b(device: str) -> SwinForImageClassification:
