@@ -1,21 +1,23 @@
-"""timm ViT deep prompts on the key-value fast path: where the prompts' keys and values come from the fused qkv.
+"""Deep prompts on a timm attention's fused qkv: where the prompts' keys and values come from, measured.
 
-The fast path appends rows to each attention's input and strips them after the output projection
-(vpt_peft.engine.fused_qkv). Two ways to fill those rows' keys and values, both measured here in one process,
-interleaved, one torch thread, with wall time and process CPU time side by side:
+vpt_peft's key-value fast path on a fused-qkv attention (vpt_peft.engine.fused_qkv) appends rows to the
+attention's input and strips them after the output projection. Two ways to give those rows the prompts' keys
+and values, each on its own copy of one ViT-B/16 attention (width 768, 12 heads, 197 tokens), with the same kind
+of hooks, interleaved in one process on one torch thread, wall time and process CPU time side by side:
 
-* ``slice`` (what vpt_peft does): the prompts' keys/values are computed with the key and value rows of the fused
-  weight (one ``F.linear`` on 2/3 of it) and written into zero rows' key/value channels, so they travel as the
-  same head-split keys/values as on HF models (mixed batches, E2VPT, DPT share that path);
-* ``append``: the normed prompts themselves are the appended rows, so the model's own qkv projection makes their
-  keys/values in the same matmul as the patches' (bench-only hooks, not a vpt_peft mode).
+* ``slice`` (what vpt_peft does): the prompts' keys/values come from the key and value rows of the fused weight
+  (one ``F.linear`` on 2/3 of it) and are written into zero rows' key/value channels after the projection, so
+  they are the same head-split keys/values as on HF models (mixed batches, E2VPT and DPT share that path);
+* ``append``: the normed prompts themselves are the appended rows, so the attention's own qkv projection makes
+  their keys/values in the same matmul as the patches' (nothing written after it).
 
-    python bench/fused_qkv.py [--steps 20] [--prompts 10 50] [--batch 8] [--depth 4]
+    python bench/fused_qkv.py [--steps 30] [--prompts 10 50 100] [--batch 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -27,78 +29,77 @@ from tests.timm_support import declare_missing_torchvision_operators, import_tim
 
 declare_missing_torchvision_operators()  # the torchvision repair the test suite uses, before transformers loads
 
-from peft import get_peft_model  # noqa: E402
+from vpt_peft.engine.attention import EXTRA_KV_ATTRIBUTE, prompt_key_values  # noqa: E402
+from vpt_peft.engine.fused_qkv import append_key_rows, drop_appended_rows, write_key_values  # noqa: E402
 
-import vpt_peft  # noqa: E402
-
-
-def vit_s16(depth: int) -> torch.nn.Module:
-    import_timm()
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(embed_dim=384, depth=depth, num_heads=6, num_classes=10).eval()
+WIDTH, HEADS, TOKENS = 768, 12, 197
 
 
-def append_variant(model: torch.nn.Module, prompts: torch.Tensor) -> torch.nn.Module:
-    """The base model with the normed prompts appended to every attention's input and stripped after it."""
-    for index, block in enumerate(model.blocks):
+def sliced(attention: torch.nn.Module, norm: torch.nn.Module, prompts: torch.Tensor) -> torch.nn.Module:
+    """vpt_peft's way: keys/values from the fused weight's k/v rows, written into appended zero rows."""
 
-        def before(attention, args, prompts=prompts[index], norm=block.norm1):
-            rows = norm(prompts).expand(args[0].shape[0], -1, -1)
-            attention.__dict__["bench_length"] = args[0].shape[1]
-            return (torch.cat([args[0], rows], dim=1), *args[1:])
+    def park(module, args, kwargs):
+        extra = prompt_key_values(prompts, norm, module, "qkv", "qkv", WIDTH // HEADS)
+        module.__dict__[EXTRA_KV_ATTRIBUTE] = extra
+        return append_key_rows(module, args, kwargs)
 
-        def after(attention, args, output):
-            return output[:, : attention.__dict__["bench_length"]]
-
-        block.attn.register_forward_pre_hook(before)
-        block.attn.register_forward_hook(after)
-    return model
+    attention.register_forward_pre_hook(park, with_kwargs=True)
+    attention.qkv.register_forward_hook(lambda module, args, output: write_key_values(attention, output))
+    attention.register_forward_hook(lambda module, args, output: drop_appended_rows(module, output))
+    return attention
 
 
-def timed(run, steps: int) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        run()
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+def appended(attention: torch.nn.Module, norm: torch.nn.Module, prompts: torch.Tensor) -> torch.nn.Module:
+    """The alternative: the normed prompts are the appended rows; the model's qkv projects them."""
+
+    def before(module, args, kwargs):
+        hidden = args[0]
+        module.__dict__["bench_length"] = hidden.shape[1]
+        return (torch.cat([hidden, norm(prompts).expand(hidden.shape[0], -1, -1)], dim=1),), kwargs
+
+    attention.register_forward_pre_hook(before, with_kwargs=True)
+    attention.register_forward_hook(lambda module, args, output: output[:, : module.__dict__["bench_length"]])
+    return attention
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--prompts", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--prompts", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--depth", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pixels = torch.randn(args.batch, 3, 224, 224)
-    print(f"timm ViT-S/16 width, depth {args.depth}, batch {args.batch}, 1 thread, forward (no grad), vpt_peft "
-          f"{vpt_peft.__version__}")  # fmt: skip
-    print("| prompts | slice wall ms | append wall ms | wall slice/append | slice cpu ms | append cpu ms | cpu ratio |")
+    import_timm()
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    base, norm = Attention(WIDTH, num_heads=HEADS, qkv_bias=True).eval(), torch.nn.LayerNorm(WIDTH)
+    hidden = torch.randn(args.batch, TOKENS, WIDTH)
+    print(f"one timm ViT-B/16 attention (width {WIDTH}, {HEADS} heads, {TOKENS} tokens), batch {args.batch}, "
+          f"forward, no grad, 1 thread, {args.steps} interleaved steps")  # fmt: skip
+    print("| prompts | slice wall ms | append wall ms | wall slice/append | slice CPU ms | append CPU ms | "
+          "CPU slice/append |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for count in args.prompts:
-        sliced = get_peft_model(vit_s16(args.depth), vpt_peft.VisualPromptConfig(num_prompts=count, deep=True)).eval()
-        prompts = sidecar_prompts(sliced)
-        appended = append_variant(vit_s16(args.depth), prompts)
+        prompts = torch.randn(1, count, WIDTH)
+        variants = {
+            "slice": sliced(copy.deepcopy(base), norm, prompts),
+            "append": appended(copy.deepcopy(base), norm, prompts),
+        }
+        totals = {name: [0.0, 0.0] for name in variants}
         with torch.no_grad():
-            torch.testing.assert_close(sliced(pixels), appended(pixels), rtol=1e-4, atol=1e-4)
-            for _ in range(2):  # warm-up
-                sliced(pixels), appended(pixels)
-            totals = {"slice": [0.0, 0.0], "append": [0.0, 0.0]}
-            for _ in range(args.steps):  # interleaved, so drift on a shared machine hits both alike
-                for name, model in (("slice", sliced), ("append", appended)):
-                    wall, cpu = timed(lambda model=model: model(pixels), 1)
-                    totals[name][0] += wall / args.steps
-                    totals[name][1] += cpu / args.steps
+            torch.testing.assert_close(variants["slice"](hidden), variants["append"](hidden), rtol=1e-4, atol=1e-4)
+            for _ in range(3):  # warm-up
+                for attention in variants.values():
+                    attention(hidden)
+            for _ in range(args.steps):  # interleaved: drift on a shared machine hits both alike
+                for name, attention in variants.items():
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    attention(hidden)
+                    totals[name][0] += (time.perf_counter() - wall) * 1e3 / args.steps
+                    totals[name][1] += (time.process_time() - cpu) * 1e3 / args.steps
         (sw, sc), (aw, ac) = totals["slice"], totals["append"]
-        print(f"| {count} | {sw * 1e3:.1f} | {aw * 1e3:.1f} | {sw / aw:.3f} | {sc * 1e3:.1f} | {ac * 1e3:.1f} | "
-              f"{sc / ac:.3f} |")  # fmt: skip
-
-
-def sidecar_prompts(model: torch.nn.Module) -> torch.Tensor:
-    bank = next(m for m in model.modules() if hasattr(m, "banks")).banks["default"]
-    return bank.prompt_embeddings.detach()
+        print(f"| {count} | {sw:.2f} | {aw:.2f} | {sw / aw:.3f} | {sc:.2f} | {ac:.2f} | {sc / ac:.3f} |")
 
 
 if __name__ == "__main__":
