@@ -103,17 +103,17 @@ def test_timm_gradient_checkpointing_gives_the_same_gradients(pixels):
     perturb(plain)
     checkpointed.load_state_dict(plain.state_dict())
     checkpointed.base_model.model.set_grad_checkpointing(True)
-    calls = {id(plain): [], id(checkpointed): []}
-    for model in (plain, checkpointed):
+    calls: tuple[list, list] = ([], [])
+    for model, counter in zip((plain, checkpointed), calls):
         mlp = model.base_model.model.blocks[0].mlp
-        mlp.register_forward_pre_hook(lambda *_, counter=calls[id(model)]: counter.append(1))
+        mlp.register_forward_pre_hook(lambda *_, counter=counter: counter.append(1))
     grads = []
     for model in (plain, checkpointed):
         model.train()
         torch.manual_seed(4)  # the same prompt dropout masks (recomputation restores the RNG state)
         model(pixels).pow(2).mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    assert (len(calls[id(plain)]), len(calls[id(checkpointed)])) == (1, 2)  # the blocks were recomputed
+    assert (len(calls[0]), len(calls[1])) == (1, 2)  # the blocks were recomputed
     assert grads[0].keys() == grads[1].keys() and any("kv_prompts" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5, msg=name)

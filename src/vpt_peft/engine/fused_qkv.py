@@ -117,9 +117,9 @@ def write_key_values(attention: nn.Module, output: torch.Tensor) -> Optional[tor
     def channels(heads: torch.Tensor) -> torch.Tensor:  # (b, heads, n, head_dim) -> (B, n, heads*head_dim)
         return heads.to(output.dtype).expand(batch, -1, -1, -1).transpose(1, 2).flatten(2)
 
-    queries = output[:, rows.length :, :width]
-    appended = torch.cat([queries, channels(rows.extra.key), channels(rows.extra.value)], dim=2)
-    return torch.cat([output[:, : rows.length], appended], dim=1)
+    # In place: the projection's backward does not read its output, and a copy of the whole output costs more.
+    output[:, rows.length :, width:] = torch.cat([channels(rows.extra.key), channels(rows.extra.value)], dim=2)
+    return output
 
 
 def drop_appended_rows(attention: nn.Module, output: torch.Tensor) -> Optional[torch.Tensor]:
