@@ -16,7 +16,14 @@ from peft import get_peft_model
 
 from vpt_peft import KVPromptConfig, VisualPromptConfig
 
-from .backbone_cases import MethodCase, is_adapter_parameter, method_cases, perturb
+from .backbone_cases import (
+    MethodCase,
+    is_adapter_parameter,
+    method_cases,
+    perturb,
+    takes_both_paths,
+    training_step,
+)
 from .helpers import assert_equal_to_rounding
 from .test_timm import tiny_timm
 
@@ -27,17 +34,7 @@ def adapted(method: MethodCase, **overrides) -> torch.nn.Module:
     return get_peft_model(tiny_timm(reg_tokens=1), method.config(**overrides)).eval()
 
 
-def _has_both_paths(method: MethodCase) -> bool:
-    if method.overrides or "prompt_path" not in method.recipe.config_cls.__dataclass_fields__:
-        return False
-    try:
-        method.config(prompt_path="kv")
-    except ValueError:  # shallow prompts have no key-value path
-        return False
-    return True
-
-
-@pytest.mark.parametrize("method", [p for p in VISION_METHODS if _has_both_paths(p.values[0])])
+@pytest.mark.parametrize("method", [p for p in VISION_METHODS if takes_both_paths(p.values[0])])
 def test_key_value_path_equals_the_sequence_path_in_training(method: MethodCase, pixels):
     """Outputs and gradients with prompt dropout drawn in the same order: the fused-qkv fast path is exact."""
     models = [adapted(method, prompt_path=path) for path in ("kv", "sequence")]
@@ -45,12 +42,9 @@ def test_key_value_path_equals_the_sequence_path_in_training(method: MethodCase,
     models[1].load_state_dict(models[0].state_dict())
     outputs, grads = [], []
     for model in models:
-        model.train()
-        torch.manual_seed(1)
-        out = model(pixels)
-        out.pow(2).mean().backward()
+        out, gradients = training_step(model, lambda model: model(pixels))
         outputs.append(out.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        grads.append(gradients)
     assert_equal_to_rounding(outputs[0], outputs[1])
     assert grads[0].keys() == grads[1].keys() and any("prompt_adapter" in n for n in grads[0])
     for name in grads[0]:
