@@ -108,14 +108,15 @@ class ImageClassificationCollator:
         self.processor, self.image_column, self.label_column = processor, image_column, label_column
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        images = [_rgb(example[self.image_column]) for example in examples]
+        images = [rgb_image(example[self.image_column]) for example in examples]
         batch = {"pixel_values": self.processor(images=images, return_tensors="pt")["pixel_values"]}
         if self.label_column is not None and self.label_column in examples[0]:
             batch["labels"] = torch.tensor([int(example[self.label_column]) for example in examples])
         return batch
 
 
-def _rgb(image: Any):
+def rgb_image(image: Any):
+    """An RGB PIL image from a PIL image, a numpy array or a file path (what image columns and split files hold)."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -99,21 +100,27 @@ def dual_prompt_training(
     return optimizer, dual_prompt_scheduler(optimizer, epochs, steps_per_epoch), [DualPromptEpochCallback()]
 
 
-def few_shot_subset(dataset: Any, shots: int, label_column: str = "label", seed: int = 0) -> Any:
-    """A ``datasets.Dataset`` with ``shots`` examples per class, drawn with ``random.Random(seed)`` (CoOp's protocol).
+def few_shot_indices(labels: Sequence[Any], shots: int, seed: int = 0) -> list[int]:
+    """Indices (ascending) of ``shots`` examples per class, drawn with ``random.Random(seed)`` (CoOp's protocol).
 
-    Classes with fewer than ``shots`` examples keep all of them. The result keeps the dataset's order.
+    Classes are visited in sorted order, each drawing from its examples in dataset order, so the same labels,
+    shots and seed always give the same draw. Classes with fewer than ``shots`` examples keep all of them.
     """
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"shots must be an integer >= 1, got {shots!r}.")
-    if label_column not in dataset.column_names:
-        raise ValueError(f"label_column {label_column!r} is not a column of the dataset ({dataset.column_names}).")
     by_class: dict[Any, list[int]] = {}
-    for index, label in enumerate(dataset[label_column]):
+    for index, label in enumerate(labels):
         by_class.setdefault(label, []).append(index)
     rng = random.Random(seed)
     chosen = []
     for label in sorted(by_class):
         indices = by_class[label]
         chosen.extend(indices if len(indices) <= shots else rng.sample(indices, shots))
-    return dataset.select(sorted(chosen))
+    return sorted(chosen)
+
+
+def few_shot_subset(dataset: Any, shots: int, label_column: str = "label", seed: int = 0) -> Any:
+    """A ``datasets.Dataset`` with ``shots`` examples per class (:func:`few_shot_indices`), in the dataset's order."""
+    if label_column not in dataset.column_names:
+        raise ValueError(f"label_column {label_column!r} is not a column of the dataset ({dataset.column_names}).")
+    return dataset.select(few_shot_indices(dataset[label_column], shots, seed))

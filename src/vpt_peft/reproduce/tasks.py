@@ -35,8 +35,9 @@ class LoadOptions:
 
     ``normalization="official"`` uses the mean/std of the official code for the benchmark (ImageNet's for VPT's
     ViT, CLIP's for few-shot); ``"processor"`` takes them from ``processor`` (the backbone's image processor).
-    ``shots``/``seed`` draw a K-shot training set (few-shot benchmarks); ``classes`` picks the base or novel
-    half of the classes (base-to-novel generalisation).
+    ``shots``/``seed`` draw a K-shot training set (few-shot benchmarks), cached under ``cache_dir`` (default: the
+    dataset's folder) so every run of a seed sees the same shots; ``classes`` picks the base or novel half of the
+    classes (base-to-novel generalisation).
     """
 
     root: Optional[str] = None
@@ -46,6 +47,7 @@ class LoadOptions:
     shots: Optional[int] = None
     seed: int = 1
     classes: str = "all"
+    cache_dir: Optional[str] = None
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Benchmark:
     load: Callable[[str, LoadOptions], TaskData]
     description: str = ""
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    infos: Mapping[str, TaskInfo] = field(default_factory=dict)
+    """What each task is before it is loaded (group, class count, preset), for planning and reports."""
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -75,6 +79,16 @@ def register_benchmark(benchmark: Benchmark) -> Benchmark:
     """Make ``benchmark`` available to :func:`load_task`, ``vpt-peft sweep`` and ``vpt-peft report``."""
     BENCHMARKS[benchmark.name] = benchmark
     return benchmark
+
+
+def find_task(preset_task: str) -> tuple[str, str]:
+    """``(benchmark, task)`` of a recipe preset's task name (``"cifar100"`` -> ``("vtab-1k", "cifar")``)."""
+    for benchmark in BENCHMARKS.values():
+        for info in benchmark.infos.values():
+            if info.preset_task == preset_task:
+                return benchmark.name, info.name
+    known = sorted(i.preset_task for b in BENCHMARKS.values() for i in b.infos.values() if i.preset_task)
+    raise ValueError(f"no registered benchmark task maps to preset task {preset_task!r}; known: {known}.")
 
 
 def load_task(benchmark: str, task: str, **options: Any) -> TaskData:
