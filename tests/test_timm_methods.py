@@ -111,3 +111,19 @@ def test_timm_gradient_checkpointing_gives_the_same_gradients(pixels):
     assert grads[0].keys() == grads[1].keys() and any("kv_prompts" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [VisualPromptConfig(num_prompts=2, deep=True), KVPromptConfig(num_kv_prompts=2)])
+def test_torch_compile_fullgraph_matches_eager_and_trains(config, pixels):
+    """The fused projection's hooks and the rows they append trace in one graph (dynamo's capture, eager backend)."""
+    torch._dynamo.reset()
+    model = get_peft_model(tiny_timm(), config).train()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.manual_seed(3)
+    want = model(pixels)
+    torch.manual_seed(3)
+    out = compiled(pixels)
+    assert_equal_to_rounding(out, want)
+    out.pow(2).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "prompt" in n)
