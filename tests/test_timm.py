@@ -259,3 +259,24 @@ def test_the_timm_entry_reads_sizes_off_the_module():
     assert (backbone.model_type, backbone.num_special_tokens, backbone.hidden_size) == ("timm_vit", 3, WIDTH)
     assert backbone.layer_head_dims == [WIDTH // HEADS] * DEPTH and backbone.patch_fan_in == 3 * 8 * 8
     assert vpt_peft.BACKBONES["timm_vit"].fused_qkv
+
+
+def test_distilled_deit_prompts_follow_cls_and_distillation_token_and_both_heads_train(pixels):
+    import_timm()
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    base = VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=LABELS
+    )
+    model = perturbed(get_peft_model(base.eval().requires_grad_(False), VisualPromptConfig(num_prompts=2, deep=True)))
+    model.eval()
+    assert find_backbone(base).num_special_tokens == 2
+    assert {n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad and "head" in n} == {
+        "head",
+        "head_dist",
+    }
+    want = reference_features(base_of(model), pixels, dict(enumerate(bank(model).prompt_embeddings.detach())))
+    with torch.no_grad():
+        assert_equal_to_rounding(base_of(model).forward_features(pixels).double(), want)
+        assert_equal_to_rounding(model(pixels), base_of(model).forward_head(want.float()))
