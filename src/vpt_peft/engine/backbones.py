@@ -311,7 +311,10 @@ def unmet_requirements(module: nn.Module, spec: BackboneSpec, layers: list[nn.Mo
         return fused_qkv_problems(attention, spec.k_proj)
     for role, name in (("k_proj", spec.k_proj), ("v_proj", spec.v_proj)):
         if not isinstance(getattr(attention, name, None), nn.Linear):
-            problems.append(f"the attention has no separate {role} Linear named {name!r} (fused qkv is not supported)")
+            problems.append(
+                f"the attention has no separate {role} Linear named {name!r} (for a fused q/k/v Linear, set "
+                "k_proj and v_proj both to its name)"
+            )
     if getattr(attention, "config", None) is None:
         problems.append("the attention module has no .config (the attention backend is read from it)")
     if not hasattr(sys.modules.get(type(attention).__module__), "eager_attention_forward"):
