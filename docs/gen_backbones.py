@@ -1,12 +1,15 @@
-"""Print the backbone support matrix of docs/backbones.md from ``vpt_peft.engine.backbones.BACKBONES``.
+"""Print the tables of docs/backbones.md from ``vpt_peft.engine.backbones.BACKBONES`` and the recipe registry.
 
 Usage (from the repository root)::
 
-    python docs/gen_backbones.py            # print the Markdown table
-    python docs/gen_backbones.py --check    # exit 1 if docs/backbones.md does not contain that exact table
+    python docs/gen_backbones.py            # print both Markdown tables
+    python docs/gen_backbones.py --check    # exit 1 if docs/backbones.md does not contain them exactly
 
-The ``description`` of a :class:`~vpt_peft.BackboneSpec` is read as ``"<model classes>: <notes>"``; a
-description without ``": "`` is all model classes.
+The first table is family x method: every registered recipe is a column, every family of the backbone table a
+row, and a cell says whether the method runs there (dual-encoder recipes, DPT, on the towers of CLIP-like dual
+encoders; the others everywhere). The second is the backbone table itself. The ``description`` of a
+:class:`~vpt_peft.BackboneSpec` is read as ``"<model classes>: <notes>"``; a description without ``": "`` is all
+model classes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from vpt_peft.engine.backbones import BACKBONES, BackboneSpec
+from vpt_peft.recipes import RECIPES, Recipe
 
 COLUMNS = (
     "`config.model_type`",
@@ -72,16 +76,34 @@ def row(model_type: str, spec: BackboneSpec) -> list[str]:
     ]
 
 
-def table() -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for model_type in sorted(BACKBONES):
-        cells = [cell.replace("|", "\\|") for cell in row(model_type, BACKBONES[model_type])]
-        lines.append("| " + " | ".join(cells) + " |")
+def runs_on(recipe: Recipe, spec: BackboneSpec) -> bool:
+    """Dual-encoder recipes (DPT) need a CLIP-like dual encoder around the tower; the others run on every family."""
+    return recipe.base_model != "dual-encoder" or spec.dual_encoder_tower
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
+def method_table() -> str:
+    """Family x method: one row per family, one column per registered recipe."""
+    header = ["`config.model_type`", "Model classes", *(f"`{name}`" for name in RECIPES)]
+    rows = []
+    for model_type in sorted(BACKBONES):
+        spec = BACKBONES[model_type]
+        classes = spec.description.partition(": ")[0] or "-"
+        rows.append([_code(model_type), classes, *("yes" if runs_on(r, spec) else "-" for r in RECIPES.values())])
+    return _markdown(header, rows)
+
+
+def table() -> str:
+    return _markdown(list(COLUMNS), [row(model_type, BACKBONES[model_type]) for model_type in sorted(BACKBONES)])
+
+
 def main(argv: list[str]) -> int:
-    text = table()
+    text = method_table() + "\n\n" + table()
     if "--check" in argv:
         page = Path(__file__).with_name("backbones.md").read_text(encoding="utf-8")
         if text not in page:

@@ -23,6 +23,8 @@ import pytest
 import torch
 from peft import PeftConfig, get_peft_model
 from transformers import (
+    Aimv2VisionConfig,
+    Aimv2VisionModel,
     BeitConfig,
     BeitForImageClassification,
     CLIPVisionConfig,
@@ -36,6 +38,13 @@ from transformers import (
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
+    MetaClip2Config,
+    MetaClip2Model,
+    Siglip2Config,
+    Siglip2ForImageClassification,
+    Siglip2VisionConfig,
     SiglipConfig,
     SiglipForImageClassification,
     SiglipVisionConfig,
@@ -44,7 +53,11 @@ from transformers import (
     SwinForImageClassification,
     ViTConfig,
     ViTForImageClassification,
+    ViTMAEConfig,
+    ViTMAEModel,
     ViTModel,
+    ViTMSNConfig,
+    ViTMSNForImageClassification,
 )
 
 from vpt_peft import find_backbone
@@ -53,7 +66,7 @@ from vpt_peft.recipes import RECIPES, Recipe
 from .clip_helpers import CLASSES, shared_tokenizer, tiny_clip
 from .helpers import NO_DROPOUT
 from .helpers import SIZES as TINY
-from .reference import CLIP_LAYOUT, DINO_LAYOUT, SIGLIP_LAYOUT, VIT_LAYOUT, Layout
+from .reference import AIMV2_LAYOUT, CLIP_LAYOUT, DINO_LAYOUT, DINOV3_LAYOUT, SIGLIP_LAYOUT, VIT_LAYOUT, Layout
 
 LABELS = 3
 
@@ -69,6 +82,7 @@ class BackboneCase:
     dual_encoder: bool = False  # a CLIP-like model with a text tower: dual-encoder recipes run here
     reentrant_checkpointing: bool = True  # False: refused (prompts travel beside the checkpointed blocks)
     text_inputs: Optional[Callable[[], dict]] = None  # what the model's own forward needs besides pixels
+    pixel_inputs: Optional[Callable[[torch.Tensor], dict]] = None  # the image inputs the model takes, from images
 
 
 def _randomize_relative_bias(model: torch.nn.Module) -> torch.nn.Module:
@@ -98,6 +112,33 @@ def _swin() -> torch.nn.Module:
         attention_probs_dropout_prob=0.0,
     )
     return SwinForImageClassification(config)
+
+
+def naflex_patches(pixels: torch.Tensor, patch: int = 8) -> dict:
+    """SigLIP2's NaFlex inputs for ``(B, C, H, W)`` images: flattened patches, a padding mask and each grid's size.
+
+    Every second image keeps only the top half of its patch grid and pads the rest (zero patches, masked), as the
+    image processor pads images of another aspect ratio: the rows mix real lengths, so padding is exercised.
+    """
+    batch, channels, height, width = pixels.shape
+    rows, cols = height // patch, width // patch
+    grid = pixels.unfold(2, patch, patch).unfold(3, patch, patch)  # (B, C, rows, cols, patch, patch)
+    patches = grid.permute(0, 2, 3, 4, 5, 1).reshape(batch, rows * cols, patch * patch * channels).clone()
+    mask = torch.ones(batch, rows * cols, dtype=torch.long)
+    shapes = torch.tensor([[rows, cols]] * batch)
+    for i in range(1, batch, 2):
+        kept = (rows // 2) * cols
+        patches[i, kept:] = 0
+        mask[i, kept:] = 0
+        shapes[i] = torch.tensor([rows // 2, cols])
+    return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+
+def mae_in_order(pixels: torch.Tensor, patch: int = 8) -> dict:
+    """ViT-MAE's inputs with its shuffle made the identity, so the base model it is compared with is deterministic
+    (vpt_peft passes this noise itself when the caller gives none: tests/test_backbones_families.py)."""
+    count = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+    return {"pixel_values": pixels, "noise": torch.arange(count, dtype=torch.float32).expand(pixels.shape[0], -1)}
 
 
 def _clip_text() -> dict:
@@ -182,6 +223,51 @@ CASES = [
     ),
     BackboneCase(
         "siglip-vision", lambda: SiglipVisionModel(SiglipVisionConfig(**TINY)), "", 0, SIGLIP_LAYOUT, classifier=False
+    ),
+    BackboneCase(
+        "dinov3",
+        lambda: DINOv3ViTModel(DINOv3ViTConfig(**TINY, num_register_tokens=2, layerscale_value=0.5)),
+        "",
+        3,
+        DINOV3_LAYOUT,
+        classifier=False,
+    ),
+    BackboneCase(
+        "siglip2",
+        lambda: Siglip2ForImageClassification(
+            Siglip2Config(vision_config=Siglip2VisionConfig(**TINY, num_patches=16), num_labels=LABELS)
+        ),
+        "vision_model",
+        0,
+        SIGLIP_LAYOUT,
+        pixel_inputs=naflex_patches,
+    ),
+    BackboneCase("aimv2", lambda: Aimv2VisionModel(Aimv2VisionConfig(**TINY)), "", 0, AIMV2_LAYOUT, classifier=False),
+    BackboneCase(
+        "vit-mae",
+        lambda: ViTMAEModel(ViTMAEConfig(**TINY, **NO_DROPOUT, mask_ratio=0.0)),
+        "",
+        1,
+        VIT_LAYOUT,
+        classifier=False,
+        pixel_inputs=mae_in_order,
+    ),
+    BackboneCase(
+        "vit-msn",
+        lambda: ViTMSNForImageClassification(ViTMSNConfig(**TINY, **NO_DROPOUT, num_labels=LABELS)),
+        "vit",
+        1,
+        VIT_LAYOUT,
+    ),
+    BackboneCase(
+        "metaclip2",
+        lambda: tiny_clip(shared_tokenizer(), vision=TINY, config_cls=MetaClip2Config, model_cls=MetaClip2Model),
+        "vision_model",
+        1,
+        CLIP_LAYOUT,
+        classifier=False,
+        dual_encoder=True,
+        text_inputs=_clip_text,
     ),
     BackboneCase("beit", lambda: _beit(use_relative_position_bias=True), "beit", 1),
     BackboneCase("beit-shared-bias", lambda: _beit(use_shared_relative_position_bias=True), "beit", 1),
@@ -305,10 +391,16 @@ def adapted(case: BackboneCase, method: MethodCase, **overrides: Any) -> torch.n
     return get_peft_model(build(case), method.config(**overrides)).eval()
 
 
+def image_inputs(case: BackboneCase, pixels: torch.Tensor) -> dict:
+    """What the case's vision backbone takes for the images ``pixels`` (``pixel_values``, and NaFlex's mask and grid
+    sizes, or MAE's noise)."""
+    return case.pixel_inputs(pixels) if case.pixel_inputs is not None else {"pixel_values": pixels}
+
+
 def inputs(case: BackboneCase, method: Optional[MethodCase], pixels: torch.Tensor) -> dict:
     """The forward's keyword arguments: a dual-encoder method classifies pixels alone against its class prompts;
     everything else (and the base model, ``method=None``) calls the model as its own forward expects."""
-    kwargs = {"pixel_values": pixels}
+    kwargs = image_inputs(case, pixels)
     if case.text_inputs is not None and (method is None or not method.dual_encoder):
         kwargs.update(case.text_inputs())
     return kwargs

@@ -46,13 +46,16 @@ def shared_tokenizer() -> CLIPTokenizer:
         return tiny_tokenizer(Path(folder))
 
 
-def tiny_clip(tokenizer, attn="sdpa", seed=0, layers=3, vision: Optional[dict] = None) -> CLIPModel:
-    """A tiny CLIPModel; ``vision`` overrides the vision tower's config (the matrix uses the other cases' sizes)."""
+def tiny_clip(
+    tokenizer, attn="sdpa", seed=0, layers=3, vision: Optional[dict] = None, config_cls=CLIPConfig, model_cls=CLIPModel
+) -> CLIPModel:
+    """A tiny CLIPModel; ``vision`` overrides the vision tower's config (the matrix uses the other cases' sizes);
+    ``config_cls``/``model_cls`` build another CLIP-like dual encoder of the same layout (MetaCLIP 2)."""
     torch.manual_seed(seed)
     ids = dict(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    config = CLIPConfig(
+    config = config_cls(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=16,
@@ -75,6 +78,6 @@ def tiny_clip(tokenizer, attn="sdpa", seed=0, layers=3, vision: Optional[dict] =
         },
         projection_dim=12,
     )
-    model = CLIPModel(config)
+    model = model_cls(config)
     model.set_attn_implementation(attn)
     return model.eval()

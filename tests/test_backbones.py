@@ -25,6 +25,8 @@ from .backbone_cases import (
     assert_same,
     backbone_of,
     build,
+    family,
+    image_inputs,
     inputs,
     main_output,
     matrix,
@@ -123,8 +125,9 @@ def test_vision_prompts_match_the_independent_reference(case: BackboneCase, meth
         for layer, (key, value) in getattr(bank, "kv_rows", {}).items():
             kv[layer] = (getattr(bank, key[0])[key[1]], getattr(bank, value[0])[value[1]])
         backbone = backbone_of(model.base_model.model, case)
-        got = backbone(pixel_values=pixels).last_hidden_state
-        want = reference_sequence(backbone, case.layout, pixels, prompts, case.num_special, kv)
+        images = image_inputs(case, pixels)
+        got = backbone(**images).last_hidden_state
+        want = reference_sequence(backbone, case.layout, images, prompts, case.num_special, kv)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
 
 
@@ -177,18 +180,40 @@ def test_swin_stores_one_prompt_tensor_per_stage_width():
     assert shapes["stage0_kv_prompts"] == (2, 2, 16) and shapes["stage1_kv_prompts"] == (2, 2, 32)
 
 
-def _image_dataset(n: int = 24) -> Dataset:
+def _image_dataset(case: BackboneCase, n: int = 24) -> Dataset:
+    """Images whose brightness is their label, in the inputs the case's model takes (one row per sample)."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=n)
     images = rng.normal(size=(n, 3, 32, 32)).astype("float32") + labels[:, None, None, None]
-    return Dataset.from_dict({"pixel_values": images.tolist(), "labels": labels.tolist()}).with_format("torch")
+    columns = {k: v.tolist() for k, v in image_inputs(case, torch.from_numpy(images)).items()}
+    return Dataset.from_dict({**columns, "labels": labels.tolist()}).with_format("torch")
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.classifier], ids=lambda c: c.name)
+def _pooled_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    """A classification loss for a bare backbone: the first channels of its token mean as logits."""
+    logits = outputs["last_hidden_state"].mean(1)[:, :3]
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def _trainer_rows() -> list[BackboneCase]:
+    """Every classifier row, and the first row of each vision family that has none (DINOv3, AIMv2 and ViT-MAE have
+    no HF classifier: their prompts are trained through :func:`_pooled_loss`)."""
+    with_classifier = {family(c) for c in CASES if c.classifier}
+    rows, seen = [], set()
+    for case in CASES:
+        bare = not case.dual_encoder and family(case) not in with_classifier and family(case) not in seen
+        if case.classifier or bare:
+            rows.append(case)
+            seen.add(family(case))
+    return rows
+
+
+@pytest.mark.parametrize("case", _trainer_rows(), ids=lambda c: c.name)
 def test_trainer_trains_prompts_and_head_only(case: BackboneCase, tmp_path):
     base = build(case)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
     model = get_peft_model(base, VisualPromptConfig(num_prompts=2, deep=True))
+    prompts = {n: p.detach().clone() for n, p in model.named_parameters() if "prompt_adapter" in n}
     args = TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
@@ -200,10 +225,13 @@ def test_trainer_trains_prompts_and_head_only(case: BackboneCase, tmp_path):
         seed=0,
         disable_tqdm=True,
         logging_steps=1,
+        remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_image_dataset())
+    loss = None if case.classifier else _pooled_loss
+    trainer = Trainer(model=model, args=args, train_dataset=_image_dataset(case), compute_loss_func=loss)
     trainer.train()
     assert all(np.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    assert any(not torch.equal(p, prompts[n]) for n, p in model.named_parameters() if n in prompts)
     for name, tensor in base.state_dict().items():
         if name in frozen:
             assert torch.equal(tensor, frozen[name]), name

@@ -92,7 +92,7 @@ def test_bfloat16_forward_and_backward(case: BackboneCase, method: MethodCase, p
     got = tensors(out)
     assert got.keys() == want.keys()
     for key, value in want.items():
-        if value.is_floating_point():
+        if value.requires_grad:  # computed from the prompts (not, say, ViT-MAE's float32 patch mask)
             assert got[key].dtype == torch.bfloat16, key
             error = (got[key].float() - value).norm() / value.norm()
             assert error < 0.03, (key, error)

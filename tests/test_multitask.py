@@ -20,7 +20,7 @@ from vpt_peft import (
 )
 from vpt_peft.tuners.e2vpt import prune_prompts
 
-from .backbone_cases import CASES, build
+from .backbone_cases import CASES, build, image_inputs
 from .helpers import MODEL_CLASSES, assert_equal_to_rounding, tiny_vit
 
 # One row per method family: the adapters (name -> config) that share one model. Prompt counts, depth,
@@ -69,13 +69,15 @@ def family_model(family: str, attn: str = "sdpa", cls=MODEL_CLASSES["vit"]) -> P
     return model.eval()
 
 
-def run_as(model: PeftModel, name: str, pixels: torch.Tensor):
-    """The reference: ``pixels`` through ``model`` with only adapter ``name`` (or the base model)."""
+def run_as(model: PeftModel, name: str, pixels: torch.Tensor | dict):
+    """The reference: ``pixels`` (or the forward's image inputs) through ``model`` with only adapter ``name`` (or the
+    base model)."""
+    inputs = pixels if isinstance(pixels, dict) else {"pixel_values": pixels}
     if name == BASE_ADAPTER:
         with model.disable_adapter():
-            return model(pixels, output_hidden_states=True)
+            return model(**inputs, output_hidden_states=True)
     model.set_adapter(name)
-    return model(pixels, output_hidden_states=True)
+    return model(**inputs, output_hidden_states=True)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -328,10 +330,10 @@ def test_mixed_batch_on_every_backbone(case):
     perturb(model)
     model.eval()
     names = [*configs, BASE_ADAPTER, first]
-    pixels = torch.randn(len(names), 3, 32, 32)
-    mixed = model(pixel_values=pixels, adapter_names=names, output_hidden_states=True)
+    images = image_inputs(case, torch.randn(len(names), 3, 32, 32))  # NaFlex rows of two lengths on SigLIP2
+    mixed = model(**images, adapter_names=names, output_hidden_states=True)
     for i, name in enumerate(names):
-        alone = run_as(model, name, pixels[i : i + 1])
+        alone = run_as(model, name, {k: v[i : i + 1] for k, v in images.items()})
         for got, want in zip(mixed.hidden_states, alone.hidden_states):
             assert_equal_to_rounding(got[i], want[0])
         if "logits" in alone:

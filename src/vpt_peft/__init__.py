@@ -25,6 +25,7 @@ from . import atomic  # noqa: E402
 
 atomic.install()  # crash-safe adapter saves: see vpt_peft.atomic
 
+from .official import official_adapter, official_config, official_head  # noqa: E402
 from .tuners.dpt import (  # noqa: E402
     DualPromptConfig,
     DualPromptEpochCallback,
@@ -84,6 +85,9 @@ __all__ = [
     "get_peft_model",
     "importance_scores",
     "load_official_prompts",
+    "official_adapter",
+    "official_config",
+    "official_head",
     "prune_prompts",
     "recipes",
     "register_backbone",

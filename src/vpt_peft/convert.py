@@ -67,7 +67,13 @@ def convert_official_prompts(
     if DEEP in found and stages:
         raise ConversionError(f"both {DEEP!r} (ViT) and per-stage {DEEP}_<s> (Swin) tensors were found")
     if DEEP in found:
-        return {SHALLOW: torch.cat([shallow, found[DEEP].detach().float()], dim=0)}
+        deep = found[DEEP].detach().float()
+        if deep.dim() != 3 or deep.shape[1:] != shallow.shape[1:]:
+            raise ConversionError(
+                f"official {DEEP!r} must have shape (N-1, p, d) with {SHALLOW!r}'s p and d {tuple(shallow.shape[1:])}, "
+                f"got {tuple(deep.shape)}"
+            )
+        return {SHALLOW: torch.cat([shallow, deep], dim=0)}
     if not stages:
         return {SHALLOW: shallow}
     if [s for s, _ in stages] != list(range(len(stages))):

@@ -26,7 +26,7 @@ CONFIG_FLAGS = ("num_prompts", "fourier_ratio", "num_kv_prompts")
 
 
 def run(args: argparse.Namespace) -> None:
-    {"train": train, "eval": evaluate, "predict": predict, "info": info}[args.command](args)
+    {"train": train, "eval": evaluate, "predict": predict, "info": info, "convert": convert}[args.command](args)
 
 
 def _peft_config(args: argparse.Namespace, labels: list[str]):
@@ -225,3 +225,20 @@ def info(args: argparse.Namespace) -> None:
     if (folder / "labels.json").exists():
         labels = read_labels(folder)
         print(f"labels ({len(labels)}): {', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}")
+
+
+def convert(args: argparse.Namespace) -> None:
+    """Write the official checkpoint's prompts and head as an adapter folder that ``eval``/``predict`` take."""
+    from ..official import official_adapter, official_config
+
+    if not args.checkpoint.is_file():
+        raise CLIError(f"no such checkpoint file: {args.checkpoint}")
+    official = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    official = official.get("model", official)  # a checkpointer's file keeps the state dict under "model"
+    config = official_config(official, args.fourier_ratio)
+    labels = [str(i) for i in range(config.num_labels)]
+    method = "vpt-deep" if args.fourier_ratio is None else "vfpt"
+    model = official_adapter(official, _load_model(args.model, labels, method), config)
+    model.save_pretrained(args.output)
+    write_labels(args.output, labels, {"base_model": args.model, "method": method, "source": str(args.checkpoint)})
+    print(f"adapter with {config.num_labels} classes saved to {args.output}")

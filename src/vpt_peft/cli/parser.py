@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method vpt-deep --output runs/vpt; then eval/predict/info runs/vpt"
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info}"
+        dest="command", required=True, parser_class=_Parser, metavar="{train,eval,predict,info,convert}"
     )
 
     train = sub.add_parser(
@@ -114,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="method, base model, sizes of an adapter", formatter_class=_Formatter)
     info.add_argument("adapter", type=Path, help="an adapter folder (any vpt_peft method)")
+
+    convert = sub.add_parser(
+        "convert",
+        help="an official VPT/VFPT checkpoint (prompts + head) as an adapter folder",
+        formatter_class=_Formatter,
+    )
+    convert.add_argument("checkpoint", type=Path, help="the official code's saved model (a torch state dict)")
+    convert.add_argument("--model", required=True, help="Hub id or folder of the backbone the run started from")
+    convert.add_argument("--output", required=True, type=Path, help="folder for the adapter")
+    convert.add_argument("--fourier-ratio", type=float, help="a VFPT checkpoint: its Fourier share (alpha)")
     return parser
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -80,6 +81,14 @@ class BackboneSpec:
     ``sizes`` (a config-like object with ``hidden_size``, ``patch_size``, ``num_channels`` and, where the prompts
     follow special tokens, what ``num_special_tokens`` reads); its table key is a name, not a ``model_type``.
 
+    ``dual_encoder_tower`` marks the vision towers of CLIP-like dual encoders (text and vision towers, two
+    projections, a logit scale), the models dual-encoder recipes (DPT) prompt.
+    ``patch_inputs`` marks families whose ``pixel_values`` arrive already cut into flattened patches,
+    ``(batch, patches, channels * patch * patch)``, with a padding mask (SigLIP2's NaFlex).
+    ``config_problem`` returns why a model of the family cannot be prompted as configured (``None`` when it can),
+    refused before the model is touched; ``input_defaults`` returns keyword arguments the backbone's forward
+    gets when the caller leaves them out (both: ViT-MAE, whose random patch masking must be off).
+
     ``older_layouts`` keeps a family working across transformers releases that renamed its modules: each
     entry maps path fields to the names an older release used, and :func:`find_backbone` takes the first
     layout whose paths exist in the model it is given (it reads the module structure, never a version).
@@ -100,6 +109,10 @@ class BackboneSpec:
     older_layouts: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
     detect: Optional[Callable[[nn.Module], bool]] = None
     sizes: Optional[Callable[[nn.Module], Any]] = None
+    patch_inputs: bool = False
+    dual_encoder_tower: bool = False
+    config_problem: Optional[Callable[[object], Optional[str]]] = field(default=None, hash=False)
+    input_defaults: Optional[Callable[[nn.Module, tuple, dict], dict]] = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         for layout in self.older_layouts:
@@ -133,8 +146,35 @@ class BackboneSpec:
 
 
 def cls_and_registers(config: object) -> int:
-    """CLS followed by the register tokens (Dinov2 with registers)."""
+    """CLS followed by the register tokens (Dinov2 with registers, DINOv3)."""
     return 1 + config.num_register_tokens
+
+
+def mae_masking_problem(config: object) -> Optional[str]:
+    """ViT-MAE drops ``mask_ratio`` of the patches at random in every forward: prompt tuning sees whole images."""
+    ratio = getattr(config, "mask_ratio", 0.0)
+    if ratio == 0:
+        return None
+    return (
+        f"config.mask_ratio is {ratio}: ViTMAEModel would drop {ratio:.0%} of the patches at random in every forward, "
+        "but prompts are tuned on whole images (as the VPT paper's MAE runs). Load the encoder with "
+        "ViTMAEModel.from_pretrained(name, mask_ratio=0.0), or set model.config.mask_ratio = 0.0 first"
+    )
+
+
+def mae_patches_in_order(backbone: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """Noise that keeps ViT-MAE's patches in image order (its masking shuffles them by ``argsort(noise)``), unless
+    the caller passes ``noise``.
+
+    With ``mask_ratio`` 0 nothing is dropped, but without ``noise`` the patches would still come back in a new
+    random order at every call; an increasing noise makes the shuffle the identity.
+    """
+    pixels = kwargs.get("pixel_values", args[0] if args else None)
+    if pixels is None or len(args) > 1 or kwargs.get("noise") is not None:
+        return {}
+    patch = backbone.config.patch_size
+    count = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+    return {"noise": torch.arange(count, device=pixels.device, dtype=torch.float32).expand(pixels.shape[0], -1)}
 
 
 # Block layouts shared by two families each (the entries below differ only in tokens and pooling).
@@ -145,9 +185,22 @@ DINOV2_BLOCKS = BackboneSpec(
     older_layouts=({"attention": "attention.attention", "k_proj": "key", "v_proj": "value"},),
 )
 CLIP_BLOCKS = BackboneSpec(layers="encoder.layers", attention="self_attn", attention_norm="layer_norm1")
+CLIP_VISION = replace(
+    CLIP_BLOCKS,
+    final_norm=None,
+    dual_encoder_tower=True,
+    description="CLIPVisionModel(WithProjection), CLIPModel's vision tower: prompts after pre_layrnorm, CLS pooled",
+)
+SIGLIP_VISION = replace(
+    CLIP_BLOCKS,
+    num_special_tokens=0,
+    final_norm="post_layernorm",
+    description="SiglipVisionModel, SiglipForImageClassification: no CLS, prompts first, stripped before pooling",
+)
+VIT = BackboneSpec(description="ViTModel, ViTForImageClassification: [CLS, prompts, patches]")
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "vit": BackboneSpec(description="ViTModel, ViTForImageClassification: [CLS, prompts, patches]"),
+    "vit": VIT,
     "deit": BackboneSpec(
         num_special_tokens=2,
         heads=("classifier", "cls_classifier", "distillation_classifier"),
@@ -176,16 +229,47 @@ BACKBONES: dict[str, BackboneSpec] = {
         num_special_tokens=cls_and_registers,
         description="Dinov2WithRegistersModel, ...ForImageClassification: prompts after CLS and the registers",
     ),
-    "clip_vision_model": replace(
-        CLIP_BLOCKS,
-        final_norm=None,
-        description="CLIPVisionModel(WithProjection), CLIPModel's vision tower: prompts after pre_layrnorm, CLS pooled",
+    "clip_vision_model": CLIP_VISION,
+    "siglip_vision_model": SIGLIP_VISION,
+    "dinov3_vit": replace(
+        DINOV2_BLOCKS,
+        layers="model.layer",
+        num_special_tokens=cls_and_registers,
+        final_norm="norm",
+        heads=(),
+        older_layouts=(),
+        description="DINOv3ViTModel: prompts after CLS and the registers; RoPE rotates the patches only, so prompts "
+        "(like CLS and the registers) get no position, in the sequence or as keys/values; CLS pooled",
     ),
-    "siglip_vision_model": replace(
+    "siglip2_vision_model": replace(
+        SIGLIP_VISION,
+        patch_inputs=True,
+        description="Siglip2VisionModel, Siglip2ForImageClassification: NaFlex patches; no CLS, prompts first; "
+        "prompts attend to every real patch and every query attends to them (padding stays masked); stripped "
+        "before the attention-pooling head or the masked mean",
+    ),
+    "aimv2_vision_model": replace(
         CLIP_BLOCKS,
+        attention="attention",
+        attention_norm="rms_norm1",
         num_special_tokens=0,
-        final_norm="post_layernorm",
-        description="SiglipVisionModel, SiglipForImageClassification: no CLS, prompts first, stripped before pooling",
+        final_norm="rms_norm",
+        heads=(),
+        description="Aimv2VisionModel, Aimv2Model's vision tower: no CLS, prompts first, stripped at rms_norm "
+        "before the attention-pooling head",
+    ),
+    "vit_mae": replace(
+        VIT,
+        heads=(),
+        config_problem=mae_masking_problem,
+        input_defaults=mae_patches_in_order,
+        description="ViTMAEModel (the MAE encoder): [CLS, prompts, patches]; needs mask_ratio=0 (refused otherwise); "
+        "patches kept in image order while prompted",
+    ),
+    "vit_msn": replace(VIT, description="ViTMSNModel, ViTMSNForImageClassification: [CLS, prompts, patches]"),
+    "metaclip_2_vision_model": replace(
+        CLIP_VISION,
+        description="MetaClip2VisionModel(WithProjection), MetaClip2Model's vision tower: the CLIP layout",
     ),
     "timm_vit": BackboneSpec(
         embeddings="norm_pre",
@@ -380,6 +464,10 @@ def find_backbone(model: nn.Module) -> Backbone:
             + "; ".join(problems)
             + ". Correct the entry with vpt_peft.register_backbone (see docs/contributing.md)."
         )
+    problem = spec.config_problem(config) if spec.config_problem is not None else None
+    if problem:
+        name = type(module).__name__
+        raise UnsupportedModelError(f"{name} (model_type={model_type!r}) cannot be prompted: {problem}.")
     attentions = [get_path(layer, spec.attention) for layer in layers]
     widths = [getattr(a, spec.k_proj).in_features for a in attentions]  # the blocks' width, fused or not
     head_dims = [

@@ -68,13 +68,19 @@ def check_string_list(name: str, value: Any) -> list[str]:
     return items
 
 
-def check_pixel_values(pixels: Any, num_channels: int | None) -> None:
-    """A batch of images as the model takes them: a floating ``(batch, channels, height, width)`` tensor."""
+def check_pixel_values(pixels: Any, num_channels: int | None, patch_fan_in: int | None = None) -> None:
+    """A batch of images as the model takes them: a floating ``(batch, channels, height, width)`` tensor, or, for a
+    family fed flattened patches (``patch_fan_in`` = channels * patch * patch), ``(batch, patches, patch_fan_in)``."""
     import torch
 
     if not isinstance(pixels, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixels).__name__}.")
-    if pixels.dim() != 4:
+    if patch_fan_in is not None and (pixels.dim() != 3 or pixels.shape[-1] != patch_fan_in):
+        raise ValueError(
+            f"pixel_values must be flattened patches (batch, patches, {patch_fan_in}), as the model's image processor "
+            f"makes them, got shape {list(pixels.shape)}."
+        )
+    if patch_fan_in is None and pixels.dim() != 4:
         raise ValueError(
             f"pixel_values must have 4 dimensions (batch, channels, height, width), got shape {list(pixels.shape)}"
             + (": add the batch dimension with pixel_values[None]." if pixels.dim() == 3 else ".")
@@ -84,7 +90,7 @@ def check_pixel_values(pixels: Any, num_channels: int | None) -> None:
             f"pixel_values must be floating point, got {pixels.dtype}: raw image bytes need the model's image "
             "processor (resize, rescale, normalise) first."
         )
-    if num_channels is not None and pixels.shape[1] != num_channels:
+    if patch_fan_in is None and num_channels is not None and pixels.shape[1] != num_channels:
         raise ValueError(
             f"pixel_values has {pixels.shape[1]} channels but the model takes {num_channels} "
             f"(shape {list(pixels.shape)}; channels come second)."

@@ -80,13 +80,15 @@ class SingleTaskPlan:
     def embeddings_output(self, blocks: Sequence[nn.Module], output: Any) -> Any:
         """The embeddings' output, made to require grad when checkpointed blocks must pass gradients to prompts.
 
-        Reentrant checkpointing only backpropagates into a block whose inputs require grad; with no prompt in
-        the residual stream nothing does, and key-value prompts would get no gradient. This runs on the
-        embeddings' output because that is outside every block's checkpoint: transformers < 5.23 checkpoints a
-        block's ``__call__``, so the block's own pre-hooks run inside the checkpoint, too late.
+        Reentrant checkpointing only backpropagates into a block whose inputs require grad. Key-value prompts
+        never enter the residual stream, and sequence prompts enter it in a block's pre-hook, which
+        transformers < 5.23 runs inside the checkpoint (it checkpoints the block's ``__call__``), where
+        reentrant checkpointing's forward records no graph: either way no block input would require grad and
+        the prompts would get none. This runs on the embeddings' output because that is outside every block's
+        checkpoint. Detaching loses nothing: an output that does not require grad has no graph behind it.
         """
         bank = self.bank
-        if bank is None or not bank.needs_extra_key_values or not torch.is_grad_enabled():
+        if bank is None or not (bank.needs_extra_key_values or bank.sequence_tokens) or not torch.is_grad_enabled():
             return None
         if not any(getattr(block, "gradient_checkpointing", False) and block.training for block in blocks):
             return None

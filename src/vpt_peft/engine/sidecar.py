@@ -135,6 +135,8 @@ class PromptAdapterLayer(SidecarLayer):
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
         self.num_channels = getattr(backbone.config, "num_channels", None)
+        self.patch_fan_in = backbone.patch_fan_in if backbone.spec.patch_inputs else None
+        self.input_defaults = backbone.spec.input_defaults
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
         self.windows: Optional[WindowedPrompts] = None  # the hooks' owner on windowed backbones
 
@@ -222,11 +224,14 @@ class PromptAdapterLayer(SidecarLayer):
         count = self.prompt_slots()
         return self._strip(output, count) if count else None
 
-    def _backbone_input_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Refuse malformed images with a message that says what is wrong (not an unpacking error deep inside)."""
+    def _backbone_input_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        """Refuse malformed images with a message that says what is wrong (not an unpacking error deep inside), and
+        give the forward the inputs the family needs while prompted (``BackboneSpec.input_defaults``)."""
         pixels = kwargs.get("pixel_values", args[0] if args else None)
         if pixels is not None:
-            check_pixel_values(pixels, self.num_channels)
+            check_pixel_values(pixels, self.num_channels, self.patch_fan_in)
+        defaults = self.input_defaults(module, args, kwargs) if self.input_defaults is not None else None
+        return (args, {**kwargs, **defaults}) if defaults else None
 
     def _backbone_output_hook(self, module: nn.Module, args: tuple, output: Any):
         """Give ``last_hidden_state`` and ``hidden_states`` the base model's shapes."""

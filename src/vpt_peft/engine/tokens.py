@@ -41,12 +41,28 @@ def open_prompt_slots(mask: Optional[torch.Tensor], count: int, at: int) -> Opti
     return torch.cat([mask[..., :at], cols, mask[..., at:]], dim=-1)
 
 
+def open_prompt_keys(mask: torch.Tensor, count: int, at: int) -> torch.Tensor:
+    """Give a ``(..., Q, S)`` attention mask ``count`` prompt slots at ``at``: as keys, every query may attend to
+    them; as queries (when ``Q`` = ``S``), they see what the first query sees.
+
+    A vision model's mask only hides padding (SigLIP2's NaFlex patches), the same keys for every query, so prompts
+    attend to exactly the real tokens; a mask without padding is open everywhere, as :func:`open_prompt_slots`.
+    """
+    fill = True if mask.dtype == torch.bool else 0.0
+    *lead, q, k = mask.shape
+    mask = torch.cat([mask[..., :at], mask.new_full((*lead, q, count), fill), mask[..., at:]], dim=-1)
+    if q == 1:
+        return mask
+    rows = mask[..., :1, :].expand(*lead, count, k + count)
+    return torch.cat([mask[..., :at, :], rows, mask[..., at:, :]], dim=-2)
+
+
 def widen_block_mask(args: tuple, kwargs: dict, length: int, count: int, at: int) -> tuple[tuple, dict]:
     """Open prompt slots in a block's attention mask that the model built for ``length`` real tokens."""
 
     def widen(mask: Any) -> Any:
-        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] == length:
-            return open_prompt_slots(mask, count, at)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] == length and count:
+            return open_prompt_keys(mask, count, at)
         return mask
 
     if len(args) > 1:

@@ -4,6 +4,7 @@ Methods register their recipes here from their own packages (:func:`register_rec
 ``preset(name, task)`` read the registry.
 """
 
+from .backbones import BACKBONE_PRESETS, BackbonePreset, backbone_preset
 from .dpt import (
     DualPromptEpochCallback,
     dual_prompt_optimizer,
@@ -46,6 +47,7 @@ from .schedules import (
 )
 
 __all__ = [
+    "BACKBONE_PRESETS",
     "EPOCHS",
     "FGVC",
     "HEAD",
@@ -61,9 +63,11 @@ __all__ = [
     "VTAB_STRUCTURED",
     "WARMUP_EPOCHS",
     "WD_GRID",
+    "BackbonePreset",
     "DualPromptEpochCallback",
     "Preset",
     "Recipe",
+    "backbone_preset",
     "dual_prompt_optimizer",
     "dual_prompt_parameter_groups",
     "dual_prompt_scheduler",
