@@ -20,9 +20,8 @@ from vpt_peft import (
     KVPromptConfig,
     UnsupportedModelError,
     VisualPromptConfig,
-    convert_official_prompts,
     find_backbone,
-    load_official_prompts,
+    official_adapter,
 )
 from vpt_peft.timm_models import TimmImageCollator, classification_loss, timm_preprocessing
 
@@ -233,15 +232,24 @@ def test_preprocessing_comes_from_pretrained_cfg():
     assert batch["labels"].tolist() == [1]
 
 
-def test_official_prompts_load_into_a_timm_adapter(pixels):
-    """Synthetic official layout: ``enc.transformer.prompt_embeddings`` (1, p, d) and the deep rest (L-1, p, d)."""
-    model = get_peft_model(tiny_timm(), VisualPromptConfig(num_prompts=2, deep=True)).eval()
-    shallow, deep = torch.randn(1, 2, WIDTH), torch.randn(DEPTH - 1, 2, WIDTH)
-    official = {"enc.transformer.prompt_embeddings": shallow, "enc.transformer.deep_prompt_embeddings": deep}
-    load_official_prompts(model, convert_official_prompts(official))
-    want = reference_features(base_of(model), pixels, dict(enumerate(torch.cat([shallow, deep]))))
+def test_an_official_checkpoint_becomes_a_timm_adapter(pixels):
+    """Synthetic official layout: ``enc.transformer.prompt_embeddings`` (1, p, d), the deep rest (L-1, p, d) and the
+    linear head ``head.last_layer``; the timm model's logits are its own head on the reference features."""
+    generator = torch.Generator().manual_seed(5)
+    shallow, deep = torch.randn(1, 2, WIDTH, generator=generator), torch.randn(DEPTH - 1, 2, WIDTH, generator=generator)
+    weight, bias = torch.randn(7, WIDTH, generator=generator), torch.randn(7, generator=generator)
+    official = {
+        "enc.transformer.prompt_embeddings": shallow,
+        "enc.transformer.deep_prompt_embeddings": deep,
+        "enc.transformer.encoder.layer.0.attn.query.weight": torch.zeros(WIDTH, WIDTH),  # backbone keys: ignored
+        "head.last_layer.weight": weight,
+        "head.last_layer.bias": bias,
+    }
+    model = official_adapter(official, tiny_timm()).eval()
+    features = reference_features(base_of(model), pixels, dict(enumerate(torch.cat([shallow, deep]))))
     with torch.no_grad():
-        assert_equal_to_rounding(base_of(model).forward_features(pixels).double(), want)
+        assert_equal_to_rounding(base_of(model).forward_features(pixels).double(), features)
+        assert_equal_to_rounding(model(pixels).double(), features[:, 0] @ weight.double().T + bias.double())
 
 
 def test_unsupported_timm_blocks_are_refused_by_name_and_leave_the_model_unmodified():
