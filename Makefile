@@ -10,7 +10,7 @@ STAMP := $(VENV)/.vpt-peft-installed
 ADAPTERS_VENV := .venv-adapters
 ADAPTERS_STAMP := $(ADAPTERS_VENV)/.installed
 
-.PHONY: venv test test-kernels test-compat demo docs bench bench-adapters-venv clean
+.PHONY: venv test test-timm test-kernels test-compat demo docs bench bench-adapters-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,24 @@ test: $(STAMP)
 	$(PY) -m ruff format --check --quiet src tests bench examples docs
 	$(PY) -m pytest -q
 	$(PY) -m mkdocs build --strict --quiet --site-dir $(VENV)/site
+	$(MAKE) --no-print-directory test-timm
+
+# timm's ViTs in their own virtualenv: timm needs torchvision, and PyPI's torchvision is linked against CUDA torch,
+# so next to the CPU torch it would break `import transformers` for the demo and the CLI in the main .venv.
+# tests/timm_support.py lets the timm tests import it here (docs/guides/timm.md).
+TIMM_VENV := .venv-timm
+TIMM_TESTS := tests/test_timm.py tests/test_timm_methods.py
+
+$(TIMM_VENV)/.installed: pyproject.toml constraints.txt
+	rm -rf $(TIMM_VENV)
+	$(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TIMM_VENV)/bin/python -m pip install --quiet "torch==2.13.0" -c constraints.txt
+	$(TIMM_VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[test,timm]"
+	touch $@
+
+test-timm: $(TIMM_VENV)/.installed
+	$(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider $(TIMM_TESTS)
 
 # The suite under other kernels and thread counts, as other machines run it: no test may depend on the bits a
 # particular CPU's kernels produce. Run before every release (and before a session stops).

@@ -52,6 +52,12 @@ def _older(spec: BackboneSpec) -> str:
     return "; ".join(f"older transformers: {text}" for text in layouts)
 
 
+def _entry(spec: BackboneSpec) -> str:
+    if not spec.prompts_in_sequence:
+        return "tokens in every window, carried beside"
+    return "sequence tokens or keys/values" + (" (rows of the fused qkv)" if spec.fused_qkv else "")
+
+
 def row(model_type: str, spec: BackboneSpec) -> list[str]:
     classes, _, notes = spec.description.partition(": ")
     notes = "; ".join(text for text in (notes, _older(spec)) if text)
@@ -65,7 +71,7 @@ def row(model_type: str, spec: BackboneSpec) -> list[str]:
         f"{_code(spec.attention)} ({_code(spec.attention_norm)}; {_code(spec.k_proj)}, {_code(spec.v_proj)})",
         _code(spec.final_norm) if spec.final_norm else "none",
         _code(spec.relative_position_bias) if spec.relative_position_bias else "none",
-        "sequence tokens or keys/values" if spec.prompts_in_sequence else "tokens in every window, carried beside",
+        _entry(spec),
         notes or "-",
     ]
 

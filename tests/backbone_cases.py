@@ -336,6 +336,17 @@ def method_case(name: str) -> MethodCase:
     return next(m for m in method_cases() if m.name == name)
 
 
+def takes_both_paths(method: MethodCase) -> bool:
+    """A registered method whose adapter can take either prompt path (``"kv"`` and ``"sequence"``)."""
+    if method.overrides or "prompt_path" not in method.recipe.config_cls.__dataclass_fields__:
+        return False
+    try:
+        method.config(prompt_path="kv")
+    except ValueError:  # shallow prompts have no key-value path
+        return False
+    return True
+
+
 def supports(case: BackboneCase, method: MethodCase) -> bool:
     """Dual-encoder recipes need a dual-encoder row; the vision-classifier recipes run on every row."""
     return case.dual_encoder or not method.dual_encoder
@@ -396,6 +407,9 @@ def inputs(case: BackboneCase, method: Optional[MethodCase], pixels: torch.Tenso
 
 
 def tensors(output: Any) -> dict[str, torch.Tensor]:
+    """The tensors of an HF output, or ``{"logits": output}`` for a model that returns one tensor (timm)."""
+    if isinstance(output, torch.Tensor):
+        return {"logits": output}
     return {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
 
 
@@ -407,6 +421,18 @@ def run(model: torch.nn.Module, kwargs: dict) -> dict[str, torch.Tensor]:
 def main_output(output: Any) -> torch.Tensor:
     """The first floating tensor a forward returns (logits, or the last hidden state of a bare backbone)."""
     return next(v for v in tensors(output).values() if v.is_floating_point())
+
+
+def training_step(
+    model: torch.nn.Module, forward: Callable[[torch.nn.Module], Any], seed: int = 1
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """One training-mode ``forward(model)`` (prompt dropout drawn from ``seed``) and the backward of its squared main
+    output: (the output, the gradient of every parameter that gets one)."""
+    model.train()
+    torch.manual_seed(seed)
+    output = forward(model)
+    main_output(output).pow(2).mean().backward()
+    return output, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 def assert_same(got: dict, want: dict) -> None:

@@ -6,7 +6,12 @@ import os
 
 import pytest
 import torch
-from transformers.utils import is_kernels_available
+
+from .timm_support import declare_missing_torchvision_operators
+
+declare_missing_torchvision_operators()  # before transformers imports torchvision (see tests/timm_support.py)
+
+from transformers.utils import is_kernels_available  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -205,7 +205,7 @@ def test_a_save_killed_at_any_point_leaves_the_previous_or_the_new_adapter(tmp_p
     writer = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), *steps], stdout=subprocess.PIPE, text=True, env=env
     )
-    watchdog = threading.Timer(240, writer.kill)  # a hung writer fails the test instead of hanging it
+    watchdog = threading.Timer(900, writer.kill)  # a hung writer fails the test instead of hanging it
     watchdog.start()
     stopped: dict[str, int] = {}
     try:

@@ -32,7 +32,9 @@ from .backbone_cases import (
     matrix,
     perturb,
     run,
+    takes_both_paths,
     tensors,
+    training_step,
     vision_methods,
 )
 from .helpers import sidecar
@@ -131,13 +133,7 @@ def test_vision_prompts_match_the_independent_reference(case: BackboneCase, meth
 
 def _has_both_paths(case: BackboneCase, method: MethodCase) -> bool:
     """A registered method whose adapter can take either prompt path on this backbone."""
-    if method.overrides or "prompt_path" not in method.recipe.config_cls.__dataclass_fields__:
-        return False
-    try:
-        method.config(prompt_path="kv")
-    except ValueError:  # shallow prompts have no key-value path
-        return False
-    return True
+    return takes_both_paths(method)
 
 
 @pytest.mark.parametrize("case, method", matrix(_has_both_paths))
@@ -150,12 +146,9 @@ def test_key_value_path_equals_the_sequence_path(case: BackboneCase, method: Met
     models[1].load_state_dict(models[0].state_dict())
     outputs, grads = [], []
     for model in models:
-        model.train()
-        torch.manual_seed(1)
-        out = model(**kwargs)
-        main_output(out).pow(2).mean().backward()
+        out, gradients = training_step(model, lambda model: model(**kwargs))
         outputs.append({k: v.detach() for k, v in tensors(out).items()})
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        grads.append(gradients)
     if method.fields().get("prompt_dropout", 0) > 0:  # the masks were drawn, so "same masks" means something
         assert not torch.equal(main_output(outputs[0]), main_output(run(models[0].eval(), kwargs)))
     assert outputs[0].keys() == outputs[1].keys()

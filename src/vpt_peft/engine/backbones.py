@@ -6,8 +6,9 @@ before the patches, where the final sequence norm is, and which modules form the
 new family is one :func:`register_backbone` call; no method has per-family branches.
 
 Paths are relative to the backbone module, the ``PreTrainedModel`` whose ``config.model_type`` keys the
-table (``ViTForImageClassification.vit`` for ``"vit"``). Heads are attribute names on the model the user
-passed to ``get_peft_model``.
+table (``ViTForImageClassification.vit`` for ``"vit"``), or, for a family outside transformers (timm), the
+module the entry's ``detect`` recognises. Heads are attribute names on the model the user passed to
+``get_peft_model``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+from .timm_vit import is_timm_vision_transformer, prefix_tokens, timm_vit_sizes, unsupported_timm_hint
 
 
 class UnsupportedModelError(ValueError):
@@ -70,6 +73,14 @@ class BackboneSpec:
     tokens cannot join the blocks' token sequence; they are carried beside it and prepended to every window
     instead (:class:`WindowSpec`, :mod:`vpt_peft.engine.windows`).
 
+    ``k_proj == v_proj`` names one fused projection whose output is ``[q; k; v]`` (timm's ``qkv``): prompt keys
+    and values come from its key and value rows, and extra keys/values enter the attention through hooks on it
+    (:mod:`vpt_peft.engine.fused_qkv`) instead of transformers' attention function.
+
+    A family that is not a transformers ``PreTrainedModel`` sets ``detect`` (which modules are its backbone) and
+    ``sizes`` (a config-like object with ``hidden_size``, ``patch_size``, ``num_channels`` and, where the prompts
+    follow special tokens, what ``num_special_tokens`` reads); its table key is a name, not a ``model_type``.
+
     ``dual_encoder_tower`` marks the vision towers of CLIP-like dual encoders (text and vision towers, two
     projections, a logit scale), the models dual-encoder recipes (DPT) prompt.
     ``patch_inputs`` marks families whose ``pixel_values`` arrive already cut into flattened patches,
@@ -96,6 +107,8 @@ class BackboneSpec:
     heads: tuple[str, ...] = ("classifier",)
     description: str = ""
     older_layouts: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
+    detect: Optional[Callable[[nn.Module], bool]] = None
+    sizes: Optional[Callable[[nn.Module], Any]] = None
     patch_inputs: bool = False
     dual_encoder_tower: bool = False
     config_problem: Optional[Callable[[object], Optional[str]]] = field(default=None, hash=False)
@@ -113,6 +126,15 @@ class BackboneSpec:
     def prompts_in_sequence(self) -> bool:
         """Whether prompts ride in the blocks' own token sequence (every family but the windowed ones)."""
         return self.windows is None
+
+    @property
+    def fused_qkv(self) -> bool:
+        """Whether keys and values come from one fused ``[q; k; v]`` projection (``k_proj == v_proj``)."""
+        return self.k_proj == self.v_proj
+
+    def config_of(self, module: nn.Module) -> Any:
+        """The sizes the prompts are built from: the HF config, or what ``sizes`` reads off a non-HF module."""
+        return self.sizes(module) if self.sizes is not None else module.config
 
     def special_tokens(self, config: object) -> int:
         n = self.num_special_tokens
@@ -249,11 +271,26 @@ BACKBONES: dict[str, BackboneSpec] = {
         CLIP_VISION,
         description="MetaClip2VisionModel(WithProjection), MetaClip2Model's vision tower: the CLIP layout",
     ),
+    "timm_vit": BackboneSpec(
+        embeddings="norm_pre",
+        layers="blocks",
+        attention="attn",
+        attention_norm="norm1",
+        k_proj="qkv",
+        v_proj="qkv",
+        num_special_tokens=prefix_tokens,
+        final_norm="norm",
+        heads=("head", "head_dist"),
+        detect=is_timm_vision_transformer,
+        sizes=timm_vit_sizes,
+        description="timm VisionTransformer (vit_*, deit_*; registers, no CLS, every global_pool): prompts after "
+        "CLS, registers (and the distillation token), without position; stripped before pooling",
+    ),
 }
 
 
 def register_backbone(model_type: str, spec: BackboneSpec) -> None:
-    """Teach vpt_peft a new backbone family, keyed by its ``config.model_type``."""
+    """Teach vpt_peft a new backbone family, keyed by its ``config.model_type`` (or any name, with ``detect``)."""
     BACKBONES[model_type] = spec
 
 
@@ -296,6 +333,8 @@ class Backbone:
     num_special_tokens: int
     patch_fan_in: int
     heads: list[str] = field(default_factory=list)
+    config: Any = None
+    """The HF config, or the sizes a non-HF family's ``BackboneSpec.sizes`` read off the module."""
 
     def sub(self, relative: str) -> nn.Module:
         return get_path(self.module, relative)
@@ -320,23 +359,26 @@ def _unsupported(model: nn.Module) -> UnsupportedModelError:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return UnsupportedModelError(
         f"vpt_peft cannot prompt {type(model).__name__} (model_type={model_type!r}): no vision transformer backbone "
-        f"of a supported family was found. Supported families (config.model_type): {supported_families()}. "
+        "of a supported family was found. Supported families (config.model_type; timm_vit: timm's "
+        f"VisionTransformer): {supported_families()}. "
         "To add a family with the standard ViT layout, call vpt_peft.register_backbone('<model_type>', "
         "BackboneSpec(embeddings=..., layers=..., attention=..., ...)); see docs/backbones.md."
+        + unsupported_timm_hint(model)
     )
 
 
-def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list[nn.Module]) -> list[str]:
+def unmet_requirements(module: nn.Module, spec: BackboneSpec, layers: list[nn.Module]) -> list[str]:
     """What the hooks silently rely on and this backbone lacks (empty when the entry fits).
 
     Every block needs the attention and its pre-norm at the entry's paths, separate key and value ``Linear``
     projections (prompt keys/values are made with them), and the attention module must carry the model config
     (the attention function reads the backend from it) and come from a modeling file with an
-    ``eager_attention_forward`` (the eager backend vpt_peft wraps). The config needs the sizes the prompts are
-    built from.
+    ``eager_attention_forward`` (the eager backend vpt_peft wraps). A fused-qkv entry needs instead one
+    ``Linear`` of three equal output parts and the attention's ``head_dim`` (its hooks need no backend). The
+    config needs the sizes the prompts are built from.
     """
     problems = []
-    config = module.config
+    config = spec.config_of(module)
     for field_name in ("hidden_size", "patch_size"):
         if not hasattr(config, field_name):
             problems.append(f"config has no {field_name}")
@@ -349,9 +391,14 @@ def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list
     if problems:
         return problems
     attention = get_path(block, spec.attention)
+    if spec.fused_qkv:
+        return fused_qkv_problems(attention, spec.k_proj)
     for role, name in (("k_proj", spec.k_proj), ("v_proj", spec.v_proj)):
         if not isinstance(getattr(attention, name, None), nn.Linear):
-            problems.append(f"the attention has no separate {role} Linear named {name!r} (fused qkv is not supported)")
+            problems.append(
+                f"the attention has no separate {role} Linear named {name!r} (for a fused q/k/v Linear, set "
+                "k_proj and v_proj both to its name)"
+            )
     if getattr(attention, "config", None) is None:
         problems.append("the attention module has no .config (the attention backend is read from it)")
     if not hasattr(sys.modules.get(type(attention).__module__), "eager_attention_forward"):
@@ -361,7 +408,27 @@ def unmet_requirements(module: PreTrainedModel, spec: BackboneSpec, layers: list
     return problems
 
 
-def _layout(module: PreTrainedModel, spec: BackboneSpec) -> Optional[BackboneSpec]:
+def fused_qkv_problems(attention: nn.Module, name: str) -> list[str]:
+    """What a fused-qkv attention lacks: the ``[q; k; v]`` Linear and the head size its output is split by."""
+    fused = getattr(attention, name, None)
+    if not isinstance(fused, nn.Linear) or fused.out_features % 3:
+        return [f"the attention has no fused q/k/v Linear named {name!r} (three equal output parts)"]
+    if not isinstance(getattr(attention, "head_dim", None), int):
+        return ["the attention has no integer head_dim"]
+    return []
+
+
+def _family(module: nn.Module) -> Optional[str]:
+    """The table key of ``module``: a detector's match, or a ``PreTrainedModel``'s ``config.model_type``."""
+    detected = next((key for key, spec in BACKBONES.items() if spec.detect is not None and spec.detect(module)), None)
+    if detected is not None or not isinstance(module, PreTrainedModel):
+        return detected
+    model_type = getattr(module.config, "model_type", None)
+    spec = BACKBONES.get(model_type)
+    return model_type if spec is not None and spec.detect is None else None
+
+
+def _layout(module: nn.Module, spec: BackboneSpec) -> Optional[BackboneSpec]:
     """The first of ``spec``'s layouts that fits ``module`` (None: no layout's embeddings and blocks are there).
 
     When no layout fits whole, the first whose embeddings and blocks exist is returned, so that
@@ -376,9 +443,8 @@ def find_backbone(model: nn.Module) -> Backbone:
     """Locate the single prompted backbone in ``model`` (the model itself or one of its submodules)."""
     found = []
     for name, module in model.named_modules():
-        config = getattr(module, "config", None)
-        model_type = getattr(config, "model_type", None)
-        if not isinstance(module, PreTrainedModel) or model_type not in BACKBONES:
+        model_type = _family(module)
+        if model_type is None:
             continue
         spec = _layout(module, BACKBONES[model_type])
         if spec is not None:
@@ -389,7 +455,7 @@ def find_backbone(model: nn.Module) -> Backbone:
         names = ", ".join(repr(name) for name, *_ in found)
         raise UnsupportedModelError(f"Found several backbones ({names}); vpt_peft prompts exactly one.")
     path, module, model_type, spec = found[0]
-    config = module.config
+    config = spec.config_of(module)
     layers = get_layers(module, spec.layers)
     problems = unmet_requirements(module, spec, layers)
     if problems:
@@ -398,12 +464,12 @@ def find_backbone(model: nn.Module) -> Backbone:
             + "; ".join(problems)
             + ". Correct the entry with vpt_peft.register_backbone (see docs/contributing.md)."
         )
-    problem = spec.config_problem(module.config) if spec.config_problem is not None else None
+    problem = spec.config_problem(config) if spec.config_problem is not None else None
     if problem:
         name = type(module).__name__
         raise UnsupportedModelError(f"{name} (model_type={model_type!r}) cannot be prompted: {problem}.")
     attentions = [get_path(layer, spec.attention) for layer in layers]
-    widths = [getattr(a, spec.k_proj).in_features for a in attentions]
+    widths = [getattr(a, spec.k_proj).in_features for a in attentions]  # the blocks' width, fused or not
     head_dims = [
         a.head_dim if hasattr(a, "head_dim") else w // config.num_attention_heads for a, w in zip(attentions, widths)
     ]
@@ -422,4 +488,5 @@ def find_backbone(model: nn.Module) -> Backbone:
         num_special_tokens=spec.special_tokens(config),
         patch_fan_in=getattr(config, "num_channels", 3) * patch_area,
         heads=heads,
+        config=config,
     )

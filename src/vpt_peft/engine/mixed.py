@@ -28,7 +28,7 @@ import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from .attention import ExtraKeyValues, KeyGroup, ensure_installed
+from .attention import ExtraKeyValues, KeyGroup, ensure_installed_for
 from .bank import PromptBank
 from .heads import BASE_ADAPTER, head_width
 from .tokens import insert_prompts, replace_prompts, widen_block_mask
@@ -108,7 +108,7 @@ class SingleTaskPlan:
             index, norm, attention, hidden.shape[0], hidden.dtype, layer.k_proj, layer.v_proj, layer.head_dims[index]
         )
         if extra is not None:
-            ensure_installed(attention.config)
+            ensure_installed_for(attention)
         return extra
 
 
@@ -207,7 +207,7 @@ class MixedBatch:
             layouts.setdefault((real, 0 if extra is None else extra.num_tokens), []).append(task)
         if len(layouts) == 1 and next(iter(layouts))[0] == open_slots and all(e is None for e in extras):
             return None
-        ensure_installed(attention.config)
+        ensure_installed_for(attention)
         groups = []
         for (real, _), tasks in layouts.items():
             rows, positions = self._layout(tuple(tasks), real, open_slots, layer.num_special_tokens, hidden.shape[:2])

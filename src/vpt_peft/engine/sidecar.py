@@ -8,7 +8,7 @@ must carry their own prompts). :class:`SidecarLayer` is the peft boilerplate eve
 * a forward pre-hook on every block inserts the prompts after the special tokens at the first prompted
   block and overwrites them at every later prompted block (the in-sequence path);
 * a forward pre-hook on every block's attention hands it extra keys/values (the key-value path, see
-  :mod:`vpt_peft.engine.attention`);
+  :mod:`vpt_peft.engine.attention`; a fused-qkv attention gets them through :mod:`vpt_peft.engine.fused_qkv`);
 * forward hooks on the final norm and the backbone remove prompt positions from what the model returns.
 """
 
@@ -26,6 +26,7 @@ from .backbones import Backbone, get_path
 from .bank import PromptBank
 from .checks import check_pixel_values
 from .config import PromptConfigBase
+from .fused_qkv import append_key_rows, drop_appended_rows, write_key_values
 from .mixed import MixedBatch, SingleTaskPlan
 from .tokens import open_prompt_slots, strip_prompts
 from .windows import WindowedPrompts
@@ -133,7 +134,7 @@ class PromptAdapterLayer(SidecarLayer):
         self.head_dims = backbone.layer_head_dims
         self.k_proj, self.v_proj = backbone.spec.k_proj, backbone.spec.v_proj
         self.strips_at_final_norm = backbone.spec.final_norm is not None
-        self.num_channels = getattr(backbone.module.config, "num_channels", None)
+        self.num_channels = getattr(backbone.config, "num_channels", None)
         self.patch_fan_in = backbone.patch_fan_in if backbone.spec.patch_inputs else None
         self.input_defaults = backbone.spec.input_defaults
         self.mixed_batch: Optional[MixedBatch] = None  # set only while a mixed-task batch runs
@@ -164,6 +165,11 @@ class PromptAdapterLayer(SidecarLayer):
             attention.register_forward_pre_hook(
                 functools.partial(self._attention_pre_hook, index, norm), with_kwargs=True
             )
+            if spec.fused_qkv:  # extra keys/values enter through the fused projection (engine/fused_qkv.py)
+                attention.register_forward_pre_hook(self._fused_input_hook, with_kwargs=True)
+                fused = get_path(attention, spec.k_proj)
+                fused.register_forward_hook(functools.partial(self._fused_projection_hook, attention))
+                attention.register_forward_hook(self._fused_output_hook)
             attention.register_forward_hook(self._attention_post_hook)
             bias = get_path(layer, spec.relative_position_bias) if spec.relative_position_bias else None
             if bias is not None:
@@ -191,6 +197,15 @@ class PromptAdapterLayer(SidecarLayer):
         hidden = args[0] if args else kwargs["hidden_states"]
         set_extra_key_values(module, self.plan().extra_key_values(self, index, norm, module, hidden))
         return None
+
+    def _fused_input_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        return append_key_rows(module, args, kwargs)
+
+    def _fused_projection_hook(self, attention: nn.Module, module: nn.Module, args: tuple, output: torch.Tensor):
+        return write_key_values(attention, output)
+
+    def _fused_output_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        return drop_appended_rows(module, output)
 
     def _attention_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         # Drop the reference so the prompts' graph is not kept alive until the next call.
