@@ -30,13 +30,22 @@ HEAD = "last_layer"
 
 def official_head(official: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The official linear head's ``(weight (C, d), bias (C,))`` (keys ending in ``last_layer.weight``/``.bias``)."""
+    modules = {key.rpartition(".")[0] for key in official if key.rpartition(".")[0].endswith(HEAD)}
     found = {
-        key.rsplit(".", 1)[-1]: tensor for key, tensor in official.items() if key.rpartition(".")[0].endswith(HEAD)
+        key.rsplit(".", 1)[-1]: tensor for key, tensor in official.items() if key.rpartition(".")[0] in modules
     }
-    if set(found) != {"weight", "bias"}:
+    if len(modules) != 1 or set(found) != {"weight", "bias"}:
         raise ConversionError(
-            f"no official linear head among the keys (expected '<prefix>.{HEAD}.weight' and '.bias', as the VPT "
+            f"no official linear head among the keys (expected one '<prefix>.{HEAD}.weight' and '.bias', as the VPT "
             "code's head.last_layer); a head with hidden MLP layers has no counterpart in an HF classifier"
+        )
+    (module,) = modules
+    parent = module.rpartition(".")[0]
+    hidden = sorted(k for k in official if parent and k.startswith(parent + ".") and not k.startswith(module + "."))
+    if hidden:
+        raise ConversionError(
+            f"the official head has hidden MLP layers before {module!r} ({hidden[:3]}, ...): only a linear head "
+            "(the official code's MLP_NUM=0) has a counterpart in the model's classifier"
         )
     weight, bias = found["weight"].detach().float(), found["bias"].detach().float()
     if weight.dim() != 2 or bias.shape != weight.shape[:1]:
