@@ -31,9 +31,7 @@ HEAD = "last_layer"
 def official_head(official: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The official linear head's ``(weight (C, d), bias (C,))`` (keys ending in ``last_layer.weight``/``.bias``)."""
     modules = {key.rpartition(".")[0] for key in official if key.rpartition(".")[0].endswith(HEAD)}
-    found = {
-        key.rsplit(".", 1)[-1]: tensor for key, tensor in official.items() if key.rpartition(".")[0] in modules
-    }
+    found = {key.rsplit(".", 1)[-1]: tensor for key, tensor in official.items() if key.rpartition(".")[0] in modules}
     if len(modules) != 1 or set(found) != {"weight", "bias"}:
         raise ConversionError(
             f"no official linear head among the keys (expected one '<prefix>.{HEAD}.weight' and '.bias', as the VPT "
