@@ -288,3 +288,21 @@ def test_distilled_deit_prompts_follow_cls_and_distillation_token_and_both_heads
     with torch.no_grad():
         assert_equal_to_rounding(base_of(model).forward_features(pixels).double(), want)
         assert_equal_to_rounding(model(pixels), base_of(model).forward_head(want.float()))
+
+
+def test_a_timm_model_wrapped_by_transformers_trains_its_head(pixels):
+    """``AutoModelForImageClassification`` loads a timm checkpoint as ``TimmWrapperForImageClassification``: the
+    head sits on the wrapped timm model, not on the wrapper, and must still become the adapter's head."""
+    import_timm()
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    tiny = {"img_size": 32, "patch_size": 8, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS}
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=LABELS, model_args=tiny)
+    base = TimmWrapperForImageClassification(config).eval()
+    assert find_backbone(base).heads == ["timm_model.head"]
+    model = get_peft_model(base, VisualPromptConfig(num_prompts=2, deep=True))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("timm_model.head.modules_to_save.default" in n for n in trainable), sorted(trainable)
+    model(pixel_values=pixels).logits.pow(2).mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "modules_to_save" in n and p.requires_grad)
