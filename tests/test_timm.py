@@ -252,6 +252,22 @@ def test_an_official_checkpoint_becomes_a_timm_adapter(pixels):
         assert_equal_to_rounding(model(pixels).double(), features[:, 0] @ weight.double().T + bias.double())
 
 
+def test_an_official_checkpoint_needs_a_timm_model_with_a_linear_head():
+    """timm's in21k backbones come without a head (``num_classes=0``, an ``Identity``): the error says what to pass."""
+    import_timm()
+    from timm.models.vision_transformer import VisionTransformer
+
+    base = VisionTransformer(img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=0)
+    official = {
+        "enc.transformer.prompt_embeddings": torch.zeros(1, 2, WIDTH),
+        "head.last_layer.weight": torch.zeros(7, WIDTH),
+        "head.last_layer.bias": torch.zeros(7),
+    }
+    with pytest.raises(vpt_peft.ConversionError, match="num_classes > 0"):
+        official_adapter(official, base)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in base.modules())
+
+
 def test_unsupported_timm_blocks_are_refused_by_name_and_leave_the_model_unmodified():
     import_timm()
     from timm.models.vision_transformer import ResPostBlock

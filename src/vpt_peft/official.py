@@ -83,7 +83,7 @@ def _check_fits(base_model: nn.Module, config: PromptConfigBase, prompts: dict, 
     if not heads or not all(isinstance(head, nn.Linear) for head in heads):
         raise ConversionError(
             f"{type(base_model).__name__} has no linear head for the official one: load the model "
-            "with a classification head (e.g. ViTForImageClassification)"
+            "with a classification head (e.g. ViTForImageClassification; a timm model with num_classes > 0)"
         )
     if any(head.in_features != weight.shape[1] for head in heads):
         raise ConversionError(f"the official head reads {weight.shape[1]} features, the model's head does not")
