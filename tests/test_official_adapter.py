@@ -83,8 +83,9 @@ def _shallow_of_another_width(state: dict) -> None:
         (lambda s: s.update({"enc.transformer.deep_prompt_embeddings": torch.zeros(5, 4, 32)}), "do not fit"),
         (lambda s: s.update({"head.last_layer.weight": torch.zeros(CLASSES, 48)}), "reads 48 features"),
         (_shallow_of_another_width, "do not fit"),
+        (lambda s: s.update({"head.projection.0.weight": torch.zeros(32, 32)}), "hidden MLP layers"),
     ],
-    ids=["no-head", "width", "depth", "head-width", "shallow-width"],
+    ids=["no-head", "width", "depth", "head-width", "shallow-width", "mlp-head"],
 )
 def test_a_checkpoint_that_does_not_fit_is_refused_before_the_model_is_touched(change, message):
     state = official_state()

@@ -252,6 +252,22 @@ def test_an_official_checkpoint_becomes_a_timm_adapter(pixels):
         assert_equal_to_rounding(model(pixels).double(), features[:, 0] @ weight.double().T + bias.double())
 
 
+def test_an_official_checkpoint_needs_a_timm_model_with_a_linear_head():
+    """timm's in21k backbones come without a head (``num_classes=0``, an ``Identity``): the error says what to pass."""
+    import_timm()
+    from timm.models.vision_transformer import VisionTransformer
+
+    base = VisionTransformer(img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=0)
+    official = {
+        "enc.transformer.prompt_embeddings": torch.zeros(1, 2, WIDTH),
+        "head.last_layer.weight": torch.zeros(7, WIDTH),
+        "head.last_layer.bias": torch.zeros(7),
+    }
+    with pytest.raises(vpt_peft.ConversionError, match="num_classes > 0"):
+        official_adapter(official, base)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in base.modules())
+
+
 def test_unsupported_timm_blocks_are_refused_by_name_and_leave_the_model_unmodified():
     import_timm()
     from timm.models.vision_transformer import ResPostBlock
@@ -288,3 +304,21 @@ def test_distilled_deit_prompts_follow_cls_and_distillation_token_and_both_heads
     with torch.no_grad():
         assert_equal_to_rounding(base_of(model).forward_features(pixels).double(), want)
         assert_equal_to_rounding(model(pixels), base_of(model).forward_head(want.float()))
+
+
+def test_a_timm_model_wrapped_by_transformers_trains_its_head(pixels):
+    """``AutoModelForImageClassification`` loads a timm checkpoint as ``TimmWrapperForImageClassification``: the
+    head sits on the wrapped timm model, not on the wrapper, and must still become the adapter's head."""
+    import_timm()
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    tiny = {"img_size": 32, "patch_size": 8, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS}
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=LABELS, model_args=tiny)
+    base = TimmWrapperForImageClassification(config).eval()
+    assert find_backbone(base).heads == ["timm_model.head"]
+    model = get_peft_model(base, VisualPromptConfig(num_prompts=2, deep=True))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("timm_model.head.modules_to_save.default" in n for n in trainable), sorted(trainable)
+    model(pixel_values=pixels).logits.pow(2).mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "modules_to_save" in n and p.requires_grad)

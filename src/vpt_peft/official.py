@@ -30,13 +30,20 @@ HEAD = "last_layer"
 
 def official_head(official: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The official linear head's ``(weight (C, d), bias (C,))`` (keys ending in ``last_layer.weight``/``.bias``)."""
-    found = {
-        key.rsplit(".", 1)[-1]: tensor for key, tensor in official.items() if key.rpartition(".")[0].endswith(HEAD)
-    }
-    if set(found) != {"weight", "bias"}:
+    modules = {key.rpartition(".")[0] for key in official if key.rpartition(".")[0].endswith(HEAD)}
+    found = {key.rsplit(".", 1)[-1]: tensor for key, tensor in official.items() if key.rpartition(".")[0] in modules}
+    if len(modules) != 1 or set(found) != {"weight", "bias"}:
         raise ConversionError(
-            f"no official linear head among the keys (expected '<prefix>.{HEAD}.weight' and '.bias', as the VPT "
+            f"no official linear head among the keys (expected one '<prefix>.{HEAD}.weight' and '.bias', as the VPT "
             "code's head.last_layer); a head with hidden MLP layers has no counterpart in an HF classifier"
+        )
+    (module,) = modules
+    parent = module.rpartition(".")[0]
+    hidden = sorted(k for k in official if parent and k.startswith(parent + ".") and not k.startswith(module + "."))
+    if hidden:
+        raise ConversionError(
+            f"the official head has hidden MLP layers before {module!r} ({hidden[:3]}, ...): only a linear head "
+            "(the official code's MLP_NUM=0) has a counterpart in the model's classifier"
         )
     weight, bias = found["weight"].detach().float(), found["bias"].detach().float()
     if weight.dim() != 2 or bias.shape != weight.shape[:1]:
@@ -76,7 +83,7 @@ def _check_fits(base_model: nn.Module, config: PromptConfigBase, prompts: dict, 
     if not heads or not all(isinstance(head, nn.Linear) for head in heads):
         raise ConversionError(
             f"{type(base_model).__name__} has no linear head for the official one: load the model "
-            "with a classification head (e.g. ViTForImageClassification)"
+            "with a classification head (e.g. ViTForImageClassification; a timm model with num_classes > 0)"
         )
     if any(head.in_features != weight.shape[1] for head in heads):
         raise ConversionError(f"the official head reads {weight.shape[1]} features, the model's head does not")

@@ -8,7 +8,8 @@ new family is one :func:`register_backbone` call; no method has per-family branc
 Paths are relative to the backbone module, the ``PreTrainedModel`` whose ``config.model_type`` keys the
 table (``ViTForImageClassification.vit`` for ``"vit"``), or, for a family outside transformers (timm), the
 module the entry's ``detect`` recognises. Heads are attribute names on the model the user passed to
-``get_peft_model``.
+``get_peft_model`` (for a ``detect`` family wrapped in another module, as transformers' ``TimmWrapperModel`` wraps
+a timm model, names on the backbone when the outer model has none).
 """
 
 from __future__ import annotations
@@ -476,6 +477,8 @@ def find_backbone(model: nn.Module) -> Backbone:
     patch = config.patch_size if isinstance(config.patch_size, int) else math.prod(config.patch_size)
     patch_area = patch * patch if isinstance(config.patch_size, int) else patch
     heads = [h for h in spec.heads if isinstance(getattr(model, h, None), nn.Module)]
+    if not heads and spec.detect is not None and path:  # a non-HF backbone wrapped (transformers' TimmWrapper...)
+        heads = [f"{path}.{h}" for h in spec.heads if isinstance(getattr(module, h, None), nn.Module)]
     return Backbone(
         path=path,
         module=module,
