@@ -370,7 +370,9 @@ def test_mixed_batch_compiles_with_fullgraph_and_no_graph_break():
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(pixels, adapter_names=names)
     assert explanation.graph_break_count == 0, explanation.break_reasons
-    got = torch.compile(model, fullgraph=True)(pixels, adapter_names=names).logits
+    # aot_eager: the whole graph through dynamo and AOTAutograd; inductor's C++ kernels are torch's to test (its CPU
+    # codegen fails under ATEN_CPU_CAPABILITY=default in torch 2.13, a mismatch of its own headers).
+    got = torch.compile(model, fullgraph=True, backend="aot_eager")(pixels, adapter_names=names).logits
     padded = torch.isneginf(want)
     assert torch.equal(torch.isneginf(got), padded)
     assert_equal_to_rounding(got[~padded], want[~padded])
